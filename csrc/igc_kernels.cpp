@@ -1,0 +1,28 @@
+// Op schemas of igc_kernels, declared once. Each device registers its implementation with
+// TORCH_LIBRARY_IMPL (cpu/, cuda/); fake kernels and autograd are registered in Python
+// (igc_kernels/ops/), so torch.compile traces both the forward and the backward op.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// An empty module: importing igc_kernels._C loads this library, which runs the registrations.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(igc_kernels, m) {
+  // activation: 0 = none, 1 = relu. residual (optional) is added before the activation.
+  m.def(
+      "igc_conv(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor? residual, int groups, "
+      "int[2] stride, int[2] padding, int[2] dilation, bool shuffle, int activation) -> Tensor");
+  // Gradients of x, w1, b1, w2, b2 (grad of the residual is grad_out masked by the activation,
+  // computed by the caller). out is the forward output, needed only for activation != none.
+  // output_mask selects which gradients are computed; the others come back as empty (0-element)
+  // tensors, so the op always returns five defined tensors (as fake kernels and opcheck expect).
+  m.def(
+      "igc_conv_backward(Tensor grad_out, Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? out, int groups, "
+      "int[2] stride, int[2] padding, int[2] dilation, bool shuffle, int activation, bool[5] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}

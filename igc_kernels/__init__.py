@@ -1,0 +1,13 @@
+"""igc_kernels: fused interleaved group convolution for PyTorch, and the IGC-VDSR network.
+
+    import igc_kernels
+    layer = igc_kernels.IGCConv2d(96, 96, 3, padding=1, primary_groups=24, activation="relu")
+"""
+
+from . import ops
+from .nn import IGCConv2d, replace_conv2d
+from .ops import available_backends, igc_conv
+
+__version__ = "0.1.0"
+
+__all__ = ["IGCConv2d", "available_backends", "igc_conv", "ops", "replace_conv2d", "__version__"]

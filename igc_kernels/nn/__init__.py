@@ -1,0 +1,6 @@
+"""Modules built on the fused IGC op."""
+
+from .convert import replace_conv2d
+from .igc_conv2d import IGCConv2d
+
+__all__ = ["IGCConv2d", "replace_conv2d"]
