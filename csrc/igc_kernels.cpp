@@ -1,16 +1,7 @@
 // Op schemas of igc_kernels, declared once. Each device registers its implementation with
 // TORCH_LIBRARY_IMPL (cpu/, cuda/); fake kernels and autograd are registered in Python
 // (igc_kernels/ops/), so torch.compile traces both the forward and the backward op.
-#include <Python.h>
 #include <torch/library.h>
-
-extern "C" {
-// An empty module: importing igc_kernels._C loads this library, which runs the registrations.
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
 
 TORCH_LIBRARY(igc_kernels, m) {
   // activation: 0 = none, 1 = relu. residual (optional) is added before the activation.

@@ -1,0 +1,106 @@
+"""IGCConv2d: a drop-in for nn.Conv2d."""
+
+import pytest
+import torch
+from torch import nn
+
+from igc_kernels import IGCConv2d, replace_conv2d
+from igc_kernels.ops import igc_conv_reference
+
+
+def test_forward_matches_reference_and_shapes():
+    layer = IGCConv2d(12, 8, 3, stride=2, padding=1, primary_groups=4, activation="relu", primary_bias=True)
+    with torch.no_grad():
+        layer.bias1.normal_()
+        layer.bias2.normal_()
+    x = torch.randn(2, 12, 9, 8)
+    want = igc_conv_reference(x.double(), layer.weight1.double(), layer.bias1.double(), layer.weight2.double(),
+                              layer.bias2.double(), None, 4, [2, 2], [1, 1], [1, 1], True, 1)
+    got = layer(x)
+    assert got.shape == (2, 8, 5, 4) == nn.Conv2d(12, 8, 3, stride=2, padding=1)(x).shape
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["none", "relu"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
+def test_to_dense_is_exactly_equivalent(activation, padding_mode):
+    layer = IGCConv2d(8, 12, (3, 5), padding=(1, 2), dilation=(1, 2), primary_groups=4, activation=activation,
+                      padding_mode=padding_mode, primary_bias=True, dtype=torch.float64)
+    with torch.no_grad():
+        layer.bias1.normal_()
+        layer.bias2.normal_()
+    dense = layer.to_dense()
+    conv = dense[0] if activation == "relu" else dense
+    assert isinstance(conv, nn.Conv2d) and conv.weight.shape == (12, 8, 3, 5)
+    x = torch.randn(2, 8, 7, 11, dtype=torch.float64)
+    torch.testing.assert_close(dense(x), layer(x), rtol=1e-10, atol=1e-10)
+
+
+def test_residual_is_added_before_the_activation():
+    layer = IGCConv2d(8, 8, 3, padding=1, primary_groups=2, activation="relu", backend="reference")
+    x = torch.randn(1, 8, 5, 5)
+    r = torch.randn(1, 8, 5, 5)
+    plain = IGCConv2d(8, 8, 3, padding=1, primary_groups=2, backend="reference")
+    plain.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(layer(x, r), torch.relu(plain(x) + r))
+
+
+def test_state_dict_round_trip_and_names():
+    a = IGCConv2d(16, 16, 3, padding=1, primary_groups=4)
+    b = IGCConv2d(16, 16, 3, padding=1, primary_groups=4)
+    assert set(a.state_dict()) == {"weight1", "weight2", "bias2"}
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 16, 6, 6)
+    torch.testing.assert_close(a(x), b(x))
+    assert sum(p.numel() for p in a.parameters()) == 16 * 4 * 9 + 16 * 4 + 16
+
+
+def test_paper_layer_has_14x_fewer_weights():
+    igc = IGCConv2d(96, 96, 3, padding=1, primary_groups=24, bias=False)
+    dense = nn.Conv2d(96, 96, 3, padding=1, bias=False)
+    n_igc = sum(p.numel() for p in igc.parameters())
+    assert n_igc == 3456 + 2304
+    assert round(dense.weight.numel() / n_igc, 1) == 14.4
+
+
+def test_extra_repr():
+    r = repr(IGCConv2d(96, 96, 3, padding=1, primary_groups=24, activation="relu", backend="reference"))
+    assert r == ("IGCConv2d(96, 96, kernel_size=(3, 3), primary_groups=24, members=4, padding=(1, 1), "
+                 "activation='relu', backend='reference')")
+    assert "stride=(2, 2)" in repr(IGCConv2d(8, 8, 3, stride=2, primary_groups=2, bias=False))
+
+
+def test_same_and_valid_padding():
+    assert IGCConv2d(8, 8, 5, padding="same", dilation=2, primary_groups=2).padding == (4, 4)
+    assert IGCConv2d(8, 8, 5, padding="valid", primary_groups=2).padding == (0, 0)
+
+
+def test_default_init_keeps_deep_stacks_alive():
+    """18 IGC+ReLU layers (IGC-VDSR's body) neither explode nor vanish at init (DESIGN.md section 5)."""
+    torch.manual_seed(0)
+    body = nn.Sequential(*[IGCConv2d(96, 96, 3, padding=1, primary_groups=24, activation="relu") for _ in range(18)])
+    x = torch.randn(2, 96, 24, 24)
+    with torch.no_grad():
+        first = body[0](x)
+        y = body(x)
+    ratio = float(y.pow(2).mean() / first.pow(2).mean())
+    # A He-style init keeps the second moment roughly constant; the wrong gain on both convs moves
+    # it by 2x per layer (2^17 over the stack), no gain by 0.5x per layer.
+    assert 0.1 < ratio < 10, ratio
+
+
+def test_replace_conv2d_swaps_eligible_layers():
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),  # in_channels 1 not divisible by L=4: kept
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.Conv2d(16, 16, 1),  # 1x1: kept
+        nn.Sequential(nn.Conv2d(16, 32, 3, padding=2, dilation=2, bias=False)),
+    )
+    names = replace_conv2d(model, members=4, backend="reference")
+    assert names == ["2", "4.0"]
+    assert isinstance(model[2], IGCConv2d) and model[2].primary_groups == 4
+    assert isinstance(model[4][0], IGCConv2d) and model[4][0].bias2 is None and model[4][0].dilation == (2, 2)
+    assert type(model[0]) is nn.Conv2d and type(model[3]) is nn.Conv2d
+    assert model(torch.randn(1, 1, 8, 8)).shape == (1, 32, 8, 8)
+    assert replace_conv2d(nn.Sequential(nn.Conv2d(16, 16, 3)), predicate=lambda name, conv: False) == []
