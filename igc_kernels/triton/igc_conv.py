@@ -1,0 +1,180 @@
+"""The Triton backend as torch ops: ``igc_kernels::igc_conv_triton`` and its backward.
+
+Both are ``torch.library.triton_op``s whose kernels are launched through ``wrap_triton``, so
+``torch.compile`` traces into them; their schemas match ``igc_kernels::igc_conv`` and
+``igc_kernels::igc_conv_backward`` (csrc/igc_kernels.cpp), and autograd is the one shared by all
+fused ops (igc_kernels/ops/autograd.py). Importing this module registers the ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from torch.library import triton_op, wrap_triton
+
+from igc_kernels.ops.autograd import output_shape, register
+from igc_kernels.ops.validate import check_igc_args
+
+from .kernels import igc_bwd_input_kernel, igc_bwd_kernel, igc_fwd_kernel
+
+FORWARD = "igc_kernels::igc_conv_triton"
+BACKWARD = "igc_kernels::igc_conv_triton_backward"
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """x's layout (outputs follow it): channels_last when its strides say so, else NCHW."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _pow2(n: int, minimum: int) -> int:
+    return max(minimum, triton.next_power_of_2(n))
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 must stay fp32 (the op promises 1e-4 relative); tl.dot would otherwise use TF32.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _sizes(x: torch.Tensor, w1: torch.Tensor, groups: int) -> dict:
+    L = groups
+    M = w1.shape[0] // L
+    return dict(
+        L=L, M=M, M_IN=w1.shape[1], KH=w1.shape[2], KW=w1.shape[3],
+        LP=_pow2(L, 16),  # a tl.dot dimension: >= 16 and a power of two
+    )
+
+
+def _conv_args(stride, padding, dilation) -> tuple[int, ...]:
+    return (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
+
+
+@triton_op(FORWARD, mutates_args=())
+def igc_conv_triton(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    w2: torch.Tensor,
+    b2: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    groups: int,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    shuffle: bool,
+    activation: int,
+) -> torch.Tensor:
+    check_igc_args(x, w1, b1, w2, b2, residual, groups, tuple(stride), tuple(padding), tuple(dilation))
+    out = torch.empty(output_shape(x, w1, stride, padding, dilation), dtype=x.dtype, device=x.device)
+    out = out.contiguous(memory_format=memory_format_of(x))
+    n, _, h, w = x.shape
+    _, _, ho, wo = out.shape
+    P = n * ho * wo
+    if P == 0:
+        return out
+    sz = _sizes(x, w1, groups)
+    w1c, w2c = w1.contiguous(), w2.contiguous()
+    b1c = b1.contiguous() if b1 is not None else w1c  # never read when absent
+    b2c = b2.contiguous() if b2 is not None else w2c
+    res = residual if residual is not None else out
+
+    def grid(meta):
+        return (triton.cdiv(P, meta["BLOCK_P"]),)
+
+    wrap_triton(igc_fwd_kernel)[grid](
+        x, w1c, b1c, w2c, b2c, res, out,
+        P, h, w, ho, wo,
+        *x.stride(), *out.stride(), *res.stride(),
+        *_conv_args(stride, padding, dilation),
+        L=sz["L"], M=sz["M"], M_IN=sz["M_IN"], KH=sz["KH"], KW=sz["KW"],
+        LP=sz["LP"], MP=triton.next_power_of_2(sz["M"]),
+        HAS_B1=b1 is not None, HAS_B2=b2 is not None, HAS_RES=residual is not None,
+        SHUFFLE=bool(shuffle), ACT=int(activation), DOT_PRECISION=_dot_precision(x.dtype),
+    )
+    return out
+
+
+@triton_op(BACKWARD, mutates_args=())
+def igc_conv_triton_backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    w2: torch.Tensor,
+    out: torch.Tensor | None,
+    groups: int,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    shuffle: bool,
+    activation: int,
+    output_mask: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if activation != 0 and out is None:
+        raise ValueError("out (the forward output) is required when activation is not 'none'")
+    n, _, h, w = x.shape
+    c_mid = w1.shape[0]
+    _, _, ho, wo = output_shape(x, w1, stride, padding, dilation)
+    if tuple(grad_out.shape) != (n, c_mid, ho, wo):
+        raise ValueError(f"grad_out must have the output's shape {(n, c_mid, ho, wo)}, got {tuple(grad_out.shape)}")
+    need_x, need_w1, need_b1, need_w2, need_b2 = (bool(v) for v in output_mask)
+    sz = _sizes(x, w1, groups)
+    P = n * ho * wo
+    f32 = dict(dtype=torch.float32, device=x.device)
+    # Weight/bias gradients accumulate in fp32 (atomics), then take the parameter's dtype.
+    gw1 = torch.zeros(w1.shape, **f32) if need_w1 else torch.zeros(1, **f32)
+    gb1 = torch.zeros(c_mid, **f32) if need_b1 else torch.zeros(1, **f32)
+    gw2 = torch.zeros(w2.shape, **f32) if need_w2 else torch.zeros(1, **f32)
+    gb2 = torch.zeros(c_mid, **f32) if need_b2 else torch.zeros(1, **f32)
+    # dL/dy1, pixel-major; kept in x's dtype as the stock path's own intermediate gradient is.
+    gy1 = torch.empty((P, c_mid) if need_x else (1,), dtype=x.dtype, device=x.device)
+    gx = torch.empty_like(x, memory_format=memory_format_of(x)) if need_x else x.new_empty((0,))
+    w1c, w2c = w1.contiguous(), w2.contiguous()
+    b1c = b1.contiguous() if b1 is not None else w1c
+    o = out if out is not None else grad_out
+    if P > 0 and (need_x or need_w1 or need_b1 or need_w2 or need_b2):
+
+        def grid(meta):
+            return (triton.cdiv(P, meta["BLOCK_P"]),)
+
+        wrap_triton(igc_bwd_kernel)[grid](
+            grad_out, x, w1c, b1c, w2c, o,
+            gy1, gw1, gb1, gw2, gb2,
+            P, h, w, ho, wo,
+            *x.stride(), *grad_out.stride(), *o.stride(),
+            *_conv_args(stride, padding, dilation),
+            L=sz["L"], M=sz["M"], M_IN=sz["M_IN"], KH=sz["KH"], KW=sz["KW"],
+            LP=sz["LP"], MP=triton.next_power_of_2(sz["M"]),
+            HAS_B1=b1 is not None, SHUFFLE=bool(shuffle), ACT=int(activation),
+            DOT_PRECISION=_dot_precision(x.dtype),
+            NEED_GY1=need_x, NEED_W1=need_w1, NEED_B1=need_b1, NEED_W2=need_w2, NEED_B2=need_b2,
+        )
+    if need_x:
+        Q = n * h * w
+        if P == 0:
+            gx.zero_()
+        elif Q > 0:
+
+            def grid_x(meta):
+                return (triton.cdiv(Q, meta["BLOCK_Q"]),)
+
+            wrap_triton(igc_bwd_input_kernel)[grid_x](
+                gy1, w1c, gx,
+                Q, h, w, ho, wo,
+                *gx.stride(),
+                *_conv_args(stride, padding, dilation),
+                L=sz["L"], M=sz["M"], M_IN=sz["M_IN"], KH=sz["KH"], KW=sz["KW"],
+                LP=sz["LP"], CIP=triton.next_power_of_2(sz["M_IN"]),
+            )
+    empty = x.new_empty((0,))
+    return (
+        gx,
+        gw1.to(w1.dtype) if need_w1 else empty,
+        gb1.to(x.dtype) if need_b1 else empty,
+        gw2.to(w2.dtype) if need_w2 else empty,
+        gb2.to(x.dtype) if need_b2 else empty,
+    )
+
+
+register(FORWARD, BACKWARD, lambda *args: torch.ops.igc_kernels.igc_conv_triton_backward(*args))
