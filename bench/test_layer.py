@@ -21,6 +21,7 @@ def test_layer_cpu_fp32(benchmark, smoke, shape, provider, mode):
     run(mode)  # warm-up (and compilation for torch.compile)
     benchmark.extra_info.update(
         device="cpu", dtype="float32", torch=torch.__version__, threads=torch.get_num_threads(),
-        shape=str(shape), gflop=shape.flops(mode) / 1e9,
+        shape=str(shape),
+        gflop=(shape.dense_flops(mode) if provider == "dense" else shape.flops(mode)) / 1e9,
     )
     benchmark.pedantic(run, args=(mode,), rounds=1 if smoke else 10, warmup_rounds=0 if smoke else 1)

@@ -1,0 +1,24 @@
+"""Network benchmarks on the CPU: IGC-VDSR on fused kernels vs on stock ops vs VDSR, eager and
+compiled; inference on a 256x256 Y image and a training step on 16 patches of 36x36."""
+
+import pytest
+import torch
+from network import NETWORK_MODES, NETWORKS, make_network_provider, network_flops
+
+SIZES = {"inference": (1, 256, 256), "train-step": (16, 36, 36)}
+SMOKE_SIZES = {"inference": (1, 24, 24), "train-step": (2, 12, 12)}
+
+
+@pytest.mark.parametrize("network", list(NETWORKS))
+@pytest.mark.parametrize("mode", NETWORK_MODES)
+def test_network_cpu_fp32(benchmark, smoke, network, mode):
+    if smoke and network.endswith("-compile"):
+        pytest.skip("torch.compile of a 20-layer network takes minutes to build; timed runs only")
+    n, h, w = (SMOKE_SIZES if smoke else SIZES)[mode]
+    run = make_network_provider(network, mode, n, h, w)
+    run()  # warm-up (and compilation)
+    benchmark.extra_info.update(
+        device="cpu", dtype="float32", torch=torch.__version__, threads=torch.get_num_threads(),
+        shape=f"{n}x1x{h}x{w}", gflop=network_flops(NETWORKS[network][0], n, h, w, mode) / 1e9,
+    )
+    benchmark.pedantic(run, rounds=1 if smoke else 5, warmup_rounds=0 if smoke else 1)

@@ -1,0 +1,33 @@
+"""bench/report.py on a synthetic results file: table, ratios, plot and README update."""
+
+import json
+
+import report
+
+
+def _bench(provider, median, mode="forward"):
+    return {"name": f"test_layer_cpu_fp32[{provider}]", "params": {"provider": provider, "mode": mode},
+            "stats": {"median": median, "rounds": 10},
+            "extra_info": {"device": "cpu", "dtype": "float32", "torch": "2.x", "threads": 2,
+                           "shape": "1x96x256x256", "gflop": 0.755}}
+
+
+def test_report_tables_plot_and_readme(tmp_path):
+    raw = tmp_path / "raw.json"
+    raw.write_text(json.dumps({"machine_info": {"cpu": {"brand_raw": "Test CPU"}},
+                               "benchmarks": [_bench("stock-nchw", 0.120), _bench("fused-cpu", 0.008),
+                                              _bench("dense", 0.056)]}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\nrest\n")
+    assert report.main([str(raw), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)]) == 0
+    md = next((tmp_path / "out").glob("cpu-*.md")).read_text()
+    assert "| fused-cpu | 8.00 | 94.4 | 1.00x | 10 |" in md
+    assert "| stock-nchw | 120.00 | 6.3 | 15.00x | 10 |" in md
+    assert next((tmp_path / "out").glob("cpu-*.png")).stat().st_size > 1000
+    text = readme.read_text()
+    assert "old" not in text and "| dense | 56.00 |" in text and text.startswith("intro") and text.endswith("rest\n")
+
+
+def test_report_rejects_missing_file(tmp_path, capsys):
+    assert report.main([str(tmp_path / "nope.json")]) == 2
+    assert "no such results file" in capsys.readouterr().err
