@@ -63,3 +63,43 @@ def make_network_provider(name: str, mode: str, n: int, h: int, w: int, device="
         opt.step()
 
     return step
+
+
+def time_gpu_upscale(network: str, dtype=torch.float16, height: int = 1080, width: int = 1920,
+                     repeats: int = 20) -> float:
+    """Median milliseconds per frame of x2 upscaling one (height x width) frame on the GPU.
+
+    The network input is the bicubic-upscaled Y at output size, as in the SR pipeline, so the
+    cost is that of the network on a 1920x1080 image; timed with CUDA events after warm-up.
+    """
+    run = make_network_provider(network, "inference", 1, height, width, device="cuda", dtype=dtype)
+    for _ in range(3):
+        run()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def gpu_network_table(dtype=torch.float16, networks=("igc_vdsr-fused", "igc_vdsr-stock", "vdsr",
+                                                     "igc_vdsr-stock-compile", "vdsr-compile")) -> str:
+    """Markdown table of x2 1080p upscaling per network (errors reported per row, not raised)."""
+    rows, times = [], {}
+    for name in networks:
+        try:
+            times[name] = time_gpu_upscale(name, dtype)
+        except Exception as exc:  # one failing peer must not hide the others
+            rows.append(f"| {name} | failed: {type(exc).__name__}: {str(exc)[:120]} | |")
+    base = times.get("igc_vdsr-fused")
+    for name, ms in times.items():
+        ratio = f"{ms / base:.2f}x" if base else "-"
+        rows.append(f"| {name} | {ms:.2f} | {ratio} |")
+    head = f"x2 upscaling of a 1920x1080 frame (network on 1x1x1080x1920), {str(dtype).replace('torch.', '')}\n\n"
+    return head + "| network | ms / frame (median) | vs igc_vdsr-fused |\n|---|---:|---:|\n" + "\n".join(rows) + "\n"
