@@ -167,13 +167,13 @@ def igc_conv_triton_backward(
                 L=sz["L"], M=sz["M"], M_IN=sz["M_IN"], KH=sz["KH"], KW=sz["KW"],
                 LP=sz["LP"], CIP=triton.next_power_of_2(sz["M_IN"]),
             )
-    empty = x.new_empty((0,))
+    # Unrequested gradients are distinct 0-element tensors (a custom op's outputs may not alias).
     return (
         gx,
-        gw1.to(w1.dtype) if need_w1 else empty,
-        gb1.to(x.dtype) if need_b1 else empty,
-        gw2.to(w2.dtype) if need_w2 else empty,
-        gb2.to(x.dtype) if need_b2 else empty,
+        gw1.to(w1.dtype) if need_w1 else x.new_empty((0,)),
+        gb1.to(x.dtype) if need_b1 else x.new_empty((0,)),
+        gw2.to(w2.dtype) if need_w2 else x.new_empty((0,)),
+        gb2.to(x.dtype) if need_b2 else x.new_empty((0,)),
     )
 
 

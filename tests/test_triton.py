@@ -1,0 +1,203 @@
+"""The Triton backend against the reference: forward and every gradient, both layouts.
+
+Without a GPU the very same kernels run on CPU tensors through the Triton interpreter
+(TRITON_INTERPRET=1). Triton reads that flag when ``@triton.jit`` builds a kernel, so this module
+sets it while the backend is first loaded and restores it right away (other test modules must
+not see a CPU "triton" backend); each test here sets it again for its own duration, because the
+backend choice (igc_kernels.ops.backends) reads it to allow CPU tensors. The interpreter is slow:
+shapes are tiny, but odd-sized, strided, padded and dilated.
+"""
+
+import os
+
+import pytest
+import torch
+
+from igc_kernels import igc_conv
+from igc_kernels.ops import autograd as op_autograd
+from igc_kernels.ops import available_backends, igc_conv_reference
+from igc_kernels.testing import IGCCase, assert_close_to_reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_backend() -> str | None:
+    from igc_kernels import triton as igc_triton
+
+    if DEVICE == "cuda":
+        return igc_triton.unavailable_reason()
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        reason = igc_triton.unavailable_reason()
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+    if reason is None and not igc_triton.is_interpreted():
+        reason = ("the Triton kernels were built for a GPU before TRITON_INTERPRET=1 was set in this "
+                  "process; run tests/test_triton.py on its own")
+    return reason
+
+
+UNAVAILABLE = _load_backend()
+pytestmark = [
+    pytest.mark.triton,
+    pytest.mark.skipif(UNAVAILABLE is not None and not os.environ.get("CI"),
+                       reason=f"Triton backend unavailable: {UNAVAILABLE}"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _interpreter(monkeypatch):
+    if UNAVAILABLE is not None:  # in CI a missing backend is a failure, not a skip
+        pytest.fail(f"the Triton backend must run in CI: {UNAVAILABLE}")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _fused(args):
+    return torch.ops.igc_kernels.igc_conv_triton(*args)
+
+
+# Each case covers several axes at once to keep the interpreter's runtime small.
+CASES = {
+    "odd-nchw-relu-residual": IGCCase(N=2, L=3, M_in=2, M=2, H=7, W=9, residual=True),
+    "odd-cl-relu": IGCCase(N=1, L=3, M_in=2, M=2, H=9, W=7, channels_last=True),
+    "stride2-pad-noshuffle": IGCCase(N=2, L=5, M_in=1, M=3, H=9, W=8, stride=(2, 2), padding=(1, 2),
+                                     shuffle=False, activation=0, bias1=False),
+    "stride2-cl-dilation": IGCCase(N=1, L=4, M_in=3, M=2, H=11, W=7, stride=(2, 1), padding=(2, 1),
+                                   dilation=(2, 1), channels_last=True, residual=True, bias2=False),
+    "L24-M4-like-the-paper": IGCCase(N=1, L=24, M_in=4, M=4, H=5, W=3),
+    "L1-M5-k1": IGCCase(N=2, L=1, M_in=3, M=5, H=5, W=7, k=(1, 1), padding=(0, 0), activation=0),
+    "L17-M1-k5x3-cl": IGCCase(N=1, L=17, M_in=1, M=1, H=7, W=5, k=(5, 3), padding=(2, 0), stride=(1, 2),
+                              channels_last=True, shuffle=False, residual=True),
+    "L2-M3-no-padding-nobias": IGCCase(N=2, L=2, M_in=2, M=3, H=6, W=5, padding=(0, 0), bias1=False,
+                                       bias2=False),
+}
+
+
+def _check_against_reference(case: IGCCase, seed: int) -> None:
+    args = case.make(dtype=torch.float64, seed=seed)
+    ref_in = [a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    fused_in = [a.detach().to(DEVICE, torch.float32) if isinstance(a, torch.Tensor) else a for a in args]
+    if case.channels_last:
+        fused_in[0] = fused_in[0].contiguous(memory_format=torch.channels_last)
+    fused_in = [a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in fused_in]
+
+    ref = igc_conv_reference(*ref_in)
+    out = _fused(fused_in)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    # Outputs follow the input's layout.
+    want_cl = case.channels_last and not fused_in[0].is_contiguous()
+    assert out.is_contiguous(memory_format=torch.channels_last if want_cl else torch.contiguous_format)
+    assert_close_to_reference(out, ref, torch.float32, "forward")
+
+    grad = torch.randn(ref.shape, dtype=torch.float64)
+    ref.backward(grad)
+    out.backward(grad.to(DEVICE, torch.float32))
+    names = ("x", "w1", "b1", "w2", "b2", "residual")
+    for name, got, want in zip(names, fused_in[:6], ref_in[:6]):
+        if want is None:
+            continue
+        assert got.grad is not None, f"no gradient for {name}"
+        assert got.grad.shape == want.shape
+        assert_close_to_reference(got.grad, want.grad, torch.float32, f"grad {name}")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_and_gradients_match_reference(name):
+    _check_against_reference(CASES[name], seed=None)
+
+
+@pytest.mark.parametrize("needs", [("x",), ("w1", "b2"), ("w2", "b1")], ids=lambda n: "+".join(n))
+def test_partial_requires_grad(needs):
+    """Only the requested gradients are computed (the backward op's output_mask paths)."""
+    case = IGCCase(N=1, L=3, M_in=2, M=2, H=5, W=7, stride=(2, 1))
+    x, w1, b1, w2, b2, *rest = case.make(dtype=torch.float64)
+    params = dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2)
+    ref = {k: v.clone().requires_grad_(k in needs) for k, v in params.items()}
+    fused = {k: v.to(DEVICE, torch.float32).requires_grad_(k in needs) for k, v in params.items()}
+    conf = dict(stride=case.stride, padding=case.padding, activation="relu")
+    igc_conv(ref["x"], ref["w1"], ref["w2"], ref["b1"], ref["b2"], backend="reference", **conf).sum().backward()
+    igc_conv(fused["x"], fused["w1"], fused["w2"], fused["b1"], fused["b2"], backend="triton", **conf).sum().backward()
+    for k in params:
+        assert (fused[k].grad is None) == (k not in needs), k
+        if k in needs:
+            assert_close_to_reference(fused[k].grad, ref[k].grad, torch.float32, f"grad {k}")
+
+
+def test_backward_op_returns_empty_for_unrequested_grads():
+    case = IGCCase(N=1, L=2, M_in=2, M=2, H=5, W=5)
+    x, w1, b1, w2, b2, res, *conf = case.make(dtype=torch.float32)
+    x, w1, b1, w2 = (t.to(DEVICE) for t in (x, w1, b1, w2))
+    out = _fused([x, w1, b1, w2, None, None, *conf])
+    grads = torch.ops.igc_kernels.igc_conv_triton_backward(
+        torch.randn_like(out), x, w1, b1, w2, out, *conf, [False, True, False, False, True]
+    )
+    assert [g.numel() for g in grads] == [0, w1.numel(), 0, 0, w1.shape[0]]
+
+
+def test_backend_is_reachable_through_igc_conv():
+    if DEVICE == "cpu":
+        assert "triton" in available_backends("cpu")
+    case = IGCCase(N=1, L=4, M_in=2, M=2, H=6, W=5)
+    x, w1, b1, w2, b2, res, L, stride, padding, dilation, shuffle, act = case.make(dtype=torch.float32)
+    x, w1, b1, w2, b2 = (t.to(DEVICE) for t in (x, w1, b1, w2, b2))
+    got = igc_conv(x, w1, w2, b1, b2, padding=padding, activation="relu", backend="triton")
+    want = igc_conv(x, w1, w2, b1, b2, padding=padding, activation="relu", backend="reference")
+    assert_close_to_reference(got, want, torch.float32, "igc_conv(backend='triton')")
+
+
+def test_unsupported_dtype_is_a_clear_error():
+    x = torch.randn(1, 4, 5, 5, dtype=torch.float64, device=DEVICE)
+    w1 = torch.randn(4, 2, 3, 3, dtype=torch.float64, device=DEVICE)
+    w2 = torch.randn(4, 2, 1, 1, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(RuntimeError, match="backend 'triton' supports dtypes"):
+        igc_conv(x, w1, w2, backend="triton")
+
+
+def _fake_kernel_works() -> bool:
+    try:
+        op_autograd.memory_format_of(torch.empty(1, 1, 1, 1))
+        return True
+    except AttributeError:
+        return False
+
+
+@pytest.mark.xfail(not _fake_kernel_works(), strict=True,
+                   reason="igc_kernels.ops.autograd.memory_format_of calls Tensor.suggest_memory_format, "
+                          "which Python tensors lack (torch._prims_common.suggest_memory_format is the Python one)")
+def test_opcheck():
+    # The AOT-dispatch checks trace the op with fake tensors into the kernel launch, which the
+    # interpreter cannot run; on a GPU every check runs.
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    if DEVICE == "cuda":
+        utils = utils + ("test_aot_dispatch_dynamic",)
+    case = IGCCase(N=1, L=2, M_in=2, M=2, H=5, W=6, residual=True, channels_last=True)
+    args = [a.to(DEVICE).requires_grad_() if isinstance(a, torch.Tensor) else a for a in case.make()]
+    torch.library.opcheck(torch.ops.igc_kernels.igc_conv_triton.default, tuple(args), test_utils=utils)
+    x, w1, b1, w2, b2, res, *conf = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    out = _fused([x, w1, b1, w2, b2, res, *conf])
+    torch.library.opcheck(
+        torch.ops.igc_kernels.igc_conv_triton_backward.default,
+        (torch.randn_like(out), x, w1, b1, w2, out, *conf, [True, True, True, True, True]),
+        test_utils=utils,
+    )
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="torch.compile cannot trace interpreted Triton kernels")
+def test_torch_compile_fullgraph_forward_and_backward():
+    case = IGCCase(N=2, L=4, M_in=2, M=4, H=9, W=7, residual=True)
+    args = [a.to(DEVICE).requires_grad_() if isinstance(a, torch.Tensor) else a for a in case.make()]
+    compiled = torch.compile(_fused, fullgraph=True)
+    out = compiled(args)
+    out.sum().backward()
+    got = [a.grad.clone() for a in args[:6] if isinstance(a, torch.Tensor)]
+    ref_in = [a.detach().double().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    ref = igc_conv_reference(*ref_in)
+    ref.sum().backward()
+    assert_close_to_reference(out, ref, torch.float32, "compiled forward")
+    for g, r in zip(got, [a.grad for a in ref_in[:6] if isinstance(a, torch.Tensor)]):
+        assert_close_to_reference(g, r, torch.float32, "compiled grad")
