@@ -1,0 +1,181 @@
+// The microkernels of kernels.h, compiled once per instruction set from one template.
+//
+// The library is built for baseline x86-64. Each ISA gets an entry function carrying
+// __attribute__((target(...))) that calls always_inline templates, so only that entry's body is
+// compiled with AVX2 / AVX-512; the templates live in an anonymous namespace and this file
+// includes no C++ library or torch headers, so no shared inline function can be emitted with
+// wider-ISA instructions and picked by the linker for code that runs on an older CPU (the ODR
+// trap). Vector types: the x86 intrinsic types, or GCC vector extensions for the portable path.
+//
+// Instruction set choice: the best the CPU supports (AVX-512 > AVX2+FMA > generic), unless the
+// environment variable IGC_KERNELS_CPU_ISA = generic | avx2 | avx512 | auto says otherwise (read
+// at first use). Two C functions, igc_kernels_cpu_isa() and igc_kernels_cpu_set_isa(name), report
+// and switch the choice (used by the tests through ctypes, so every path is tested on one CPU).
+#include "kernels.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define IGC_X86 1
+#include <immintrin.h>
+#else
+#define IGC_X86 0
+#endif
+
+#define IGC_AI inline __attribute__((always_inline))
+
+namespace igc {
+namespace cpu {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Policies: vector type, lanes, register budget and the few primitives the templates need.
+//   MBMAX: output rows per rows-GEMM block; ACC: accumulator registers it may use;
+//   BA x BB: entries per NT-reduce block.
+
+struct GenericF {
+  typedef float S;
+  typedef float V __attribute__((vector_size(16)));
+  static constexpr int VL = 4, MBMAX = 6, ACC = 12, BA = 3, BB = 4;
+  static IGC_AI V load(const S* p) { V v; __builtin_memcpy(&v, p, sizeof(V)); return v; }
+  static IGC_AI void store(S* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
+  static IGC_AI V bcast(S s) { V v = {}; return v + s; }
+  static IGC_AI V fma(V a, V b, V c) { return a * b + c; }
+};
+
+struct GenericD {
+  typedef double S;
+  typedef double V __attribute__((vector_size(16)));
+  static constexpr int VL = 2, MBMAX = 6, ACC = 12, BA = 3, BB = 4;
+  static IGC_AI V load(const S* p) { V v; __builtin_memcpy(&v, p, sizeof(V)); return v; }
+  static IGC_AI void store(S* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
+  static IGC_AI V bcast(S s) { V v = {}; return v + s; }
+  static IGC_AI V fma(V a, V b, V c) { return a * b + c; }
+};
+
+// Portable path (baseline flags): SSE2 on x86-64, NEON etc. elsewhere.
+namespace gen {
+#include "kernels_impl.inc"
+}  // namespace gen
+
+#if IGC_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace x2 {
+struct Avx2 {
+  typedef float S;
+  typedef __m256 V;
+  static constexpr int VL = 8, MBMAX = 6, ACC = 12, BA = 3, BB = 4;
+  static IGC_AI V load(const S* p) { return _mm256_loadu_ps(p); }
+  static IGC_AI void store(S* p, V v) { _mm256_storeu_ps(p, v); }
+  static IGC_AI V bcast(S s) { return _mm256_set1_ps(s); }
+  static IGC_AI V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+};
+
+#include "kernels_impl.inc"
+}  // namespace x2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+namespace x512 {
+struct Avx512 {
+  typedef float S;
+  typedef __m512 V;
+  static constexpr int VL = 16, MBMAX = 12, ACC = 24, BA = 4, BB = 6;
+  static IGC_AI V load(const S* p) { return _mm512_loadu_ps(p); }
+  static IGC_AI void store(S* p, V v) { _mm512_storeu_ps(p, v); }
+  static IGC_AI V bcast(S s) { return _mm512_set1_ps(s); }
+  static IGC_AI V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+};
+#include "kernels_impl.inc"
+}  // namespace x512
+#pragma GCC pop_options
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Entry points, one per ISA.
+
+void rows_generic_f(const RowsArgs<float>& a) { gen::rows_impl<GenericF>(a); }
+void nt_generic_f(const NtArgs<float>& a) { gen::nt_impl<GenericF>(a); }
+void rows_generic_d(const RowsArgs<double>& a) { gen::rows_impl<GenericD>(a); }
+void nt_generic_d(const NtArgs<double>& a) { gen::nt_impl<GenericD>(a); }
+
+const Kernels<float> kGenericF = {"generic", GenericF::VL, rows_generic_f, nt_generic_f};
+const Kernels<double> kGenericD = {"generic", GenericD::VL, rows_generic_d, nt_generic_d};
+
+#if IGC_X86
+__attribute__((target("avx2,fma"))) void rows_avx2(const RowsArgs<float>& a) { x2::rows_impl<x2::Avx2>(a); }
+__attribute__((target("avx2,fma"))) void nt_avx2(const NtArgs<float>& a) { x2::nt_impl<x2::Avx2>(a); }
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void rows_avx512(const RowsArgs<float>& a) {
+  x512::rows_impl<x512::Avx512>(a);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void nt_avx512(const NtArgs<float>& a) {
+  x512::nt_impl<x512::Avx512>(a);
+}
+
+const Kernels<float> kAvx2 = {"avx2", x2::Avx2::VL, rows_avx2, nt_avx2};
+const Kernels<float> kAvx512 = {"avx512", x512::Avx512::VL, rows_avx512, nt_avx512};
+
+bool has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+bool has_avx512() {
+  __builtin_cpu_init();
+  return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+#endif
+
+// The kernels for a name (null: unknown name or unsupported by this CPU).
+const Kernels<float>* lookup(const char* name) {
+  const bool best = name == nullptr || name[0] == '\0' || strcmp(name, "auto") == 0;
+#if IGC_X86
+  if ((best && has_avx512()) || (name && strcmp(name, "avx512") == 0 && has_avx512())) return &kAvx512;
+  if ((best && has_avx2()) || (name && strcmp(name, "avx2") == 0 && has_avx2())) return &kAvx2;
+#endif
+  if (best || strcmp(name, "generic") == 0) return &kGenericF;
+  return nullptr;
+}
+
+const Kernels<float>* g_float = nullptr;  // set at first use; atomics keep set_isa() race-free
+bool g_init = false;
+
+}  // namespace
+
+const Kernels<float>* float_kernels() {
+  if (!__atomic_load_n(&g_init, __ATOMIC_ACQUIRE)) {
+    const Kernels<float>* k = lookup(getenv("IGC_KERNELS_CPU_ISA"));
+    __atomic_store_n(&g_float, k, __ATOMIC_RELEASE);
+    __atomic_store_n(&g_init, true, __ATOMIC_RELEASE);
+  }
+  return __atomic_load_n(&g_float, __ATOMIC_ACQUIRE);
+}
+
+const Kernels<double>& double_kernels() { return kGenericD; }
+
+bool set_isa(const char* name) {
+  const Kernels<float>* k = lookup(name);
+  if (k == nullptr) return false;
+  __atomic_store_n(&g_float, k, __ATOMIC_RELEASE);
+  __atomic_store_n(&g_init, true, __ATOMIC_RELEASE);
+  return true;
+}
+
+}  // namespace cpu
+}  // namespace igc
+
+extern "C" {
+// Name of the float kernels in use ("avx512", "avx2", "generic"), or "invalid" when
+// IGC_KERNELS_CPU_ISA names an instruction set this CPU lacks.
+__attribute__((visibility("default"))) const char* igc_kernels_cpu_isa(void) {
+  const igc::cpu::Kernels<float>* k = igc::cpu::float_kernels();
+  return k ? k->name : "invalid";
+}
+// Switches the float kernels; returns 1 on success, 0 for an unknown or unsupported name.
+__attribute__((visibility("default"))) int igc_kernels_cpu_set_isa(const char* name) {
+  return igc::cpu::set_isa(name) ? 1 : 0;
+}
+}

@@ -1,0 +1,63 @@
+// SIMD microkernels of the fused CPU IGC op, and the run-time choice of instruction set.
+//
+// Two building blocks carry all the arithmetic (see ops.cpp for how the layer maps onto them):
+//   rows GEMM:  dst[i][p] = bias[i] + sum_k w[k*ldw + i] * src[k][soff + p]   (+ res[i][p], relu)
+//               MB output rows from K source rows (pointers, so a row can be any tap of the packed
+//               input), register-blocked over output rows x pixel vectors.
+//   NT reduce:  acc[i][j] += sum_p a[i][aoff + p] * b[j][boff + p]   (weight gradients)
+//               kept as per-lane partial sums (acc holds VL lanes per entry) so no horizontal sum
+//               is needed per segment; the caller folds the lanes into double now and then.
+//
+// This header holds only the argument structs and the dispatch table: no STL, so nothing here
+// can be compiled with ISA flags that leak into other translation units (see kernels.cpp).
+#pragma once
+
+#include <stdint.h>
+
+namespace igc {
+namespace cpu {
+
+template <typename S>
+struct RowsArgs {
+  int64_t MB = 0, K = 0, P = 0;
+  const S* w = nullptr;  // weight of (source k, output row i) at w[k * ldw + i]
+  int64_t ldw = 0;
+  const S* bias = nullptr;           // MB values, or null
+  const S* const* src = nullptr;     // K rows; each readable on [soff, soff + round_up(P, 16))
+  int64_t soff = 0;
+  S* const* dst = nullptr;           // MB rows, written on [0, P)
+  const S* const* res = nullptr;     // MB rows added before the activation, read on [0, P); or null
+  bool relu = false;
+};
+
+template <typename S>
+struct NtArgs {
+  int64_t MA = 0, NB = 0, P = 0;
+  const S* const* a = nullptr;  // MA rows, read on [aoff, aoff + P)
+  int64_t aoff = 0;
+  const S* const* b = nullptr;  // NB rows, read on [boff, boff + P)
+  int64_t boff = 0;
+  S* acc = nullptr;  // lanes of entry (i, j) at acc[(i * ld + j) * lanes]
+  int64_t ld = 0;
+};
+
+template <typename S>
+struct Kernels {
+  const char* name;
+  int64_t lanes;  // lanes per accumulator entry of nt()
+  void (*rows)(const RowsArgs<S>&);
+  void (*nt)(const NtArgs<S>&);
+};
+
+// The float kernels for the instruction set chosen at first use: the best the CPU supports, or
+// the one named by the environment variable IGC_KERNELS_CPU_ISA (generic | avx2 | avx512 | auto).
+// Null when that variable names an unknown instruction set or one this CPU lacks.
+const Kernels<float>* float_kernels();
+// The double kernels (gradcheck precision; portable vector code, no ISA dispatch).
+const Kernels<double>& double_kernels();
+// Switches the float kernels (same names as the environment variable); false if the name is
+// unknown or the CPU lacks that instruction set.
+bool set_isa(const char* name);
+
+}  // namespace cpu
+}  // namespace igc

@@ -1,0 +1,578 @@
+// The fused CPU kernels of igc_kernels::igc_conv and igc_conv_backward.
+//
+// One work item is one output row (n, oy). Its input rows are packed once per item into
+// "phase buffers" (packing reads any strides, converts bf16 -> fp32 and writes explicit zero
+// padding), so every tap (ci, kh, kw) of the primary conv is a plain pointer into our own padded
+// buffer and the layer becomes two small GEMMs per pixel segment (kernels.h):
+//   primary, per group l:   y1[l*M+m][ox]  = b1 + sum_{ci,kh,kw} w1 * src_(ci,kh,kw)[ox]
+//   secondary, per group m: s[m*L+j][ox]   = b2 + sum_l w2[m*L+j][l] * y1[l*M+m][ox]
+// with the output shuffle, residual and activation applied when s is stored. The y1 tile of one
+// segment (C_mid x 64 values) stays in L1/L2, so the forward allocates nothing of activation
+// size besides its output.
+//
+// The backward recomputes y1 segment by segment, forms grad_y1 through the transposed secondary,
+// reduces the weight gradients with the NT kernel (per-chunk accumulators, folded into double),
+// stores grad_y1 (the one activation-size temporary) and gets grad_x in a second pass over input
+// rows as a correlation of zero-upsampled grad_y1 rows with the flipped primary weights.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "igc_conv.h"
+#include "kernels.h"
+
+namespace igc {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+constexpr int64_t kLanes = 16;   // widest vector (floats): packed rows are readable this far past their end
+constexpr int64_t kSegF = 64;    // pixels per forward segment (y1 tile: C_mid x 64)
+constexpr int64_t kSegB = 128;   // pixels per backward segment (fewer accumulator round trips)
+constexpr int64_t kSegX = 64;    // pixels per grad_x segment
+constexpr int64_t kFlushPixels = 4096;  // fold float lane accumulators into double this often
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+struct Str {
+  int64_t n, c, h, w;
+};
+Str strides_of(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+template <typename S>
+const Kernels<S>& kernels();
+template <>
+const Kernels<float>& kernels<float>() {
+  const Kernels<float>* k = float_kernels();
+  TORCH_CHECK(k != nullptr, "igc_conv (CPU): environment variable IGC_KERNELS_CPU_ISA=",
+              std::getenv("IGC_KERNELS_CPU_ISA"),
+              " names an unknown instruction set or one this CPU lacks; expected generic, avx2, avx512 or auto");
+  return *k;
+}
+template <>
+const Kernels<double>& kernels<double>() {
+  return double_kernels();
+}
+
+// Sizes and precomputed tables shared by forward and backward.
+template <typename S>
+struct Layer {
+  IGCConvParams p;
+  int64_t K1 = 0;  // taps per primary output: M_in * kH * kW
+  int64_t Wp = 0;  // packed row length
+  int64_t n_rows = 0;  // packed rows: C_in * kH * sW
+  std::vector<S> w1, w1T, w2, w2T, b1, b2;  // w1T[l][k][m], w2T[m][l][j] (rows-GEMM layouts)
+  std::vector<int64_t> c2_of_oc;            // secondary channel feeding output channel oc
+  std::vector<int64_t> src_off;             // tap (c, kh, kw) -> offset into the packed buffer
+
+  Layer(const IGCConvParams& pp, const Tensor& w1t, const c10::optional<Tensor>& b1t, const Tensor& w2t,
+        const c10::optional<Tensor>& b2t)
+      : p(pp) {
+    const auto st = std::is_same<S, double>::value ? at::kDouble : at::kFloat;
+    auto vec = [&](const Tensor& t) {
+      Tensor c = t.to(st).contiguous();
+      return std::vector<S>(c.data_ptr<S>(), c.data_ptr<S>() + c.numel());
+    };
+    const int64_t L = p.L, M = p.M;
+    K1 = p.M_in * p.kH * p.kW;
+    Wp = round_up(p.W_out + (p.dW * (p.kW - 1)) / p.sW + kLanes, kLanes);
+    n_rows = p.C_in * p.kH * p.sW;
+    w1 = vec(w1t);
+    w2 = vec(w2t);
+    if (b1t) b1 = vec(*b1t);
+    if (b2t) b2 = vec(*b2t);
+    w1T.resize(w1.size());
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t k = 0; k < K1; ++k) w1T[(l * K1 + k) * M + m] = w1[(l * M + m) * K1 + k];
+    w2T.resize(w2.size());
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t j = 0; j < L; ++j)
+        for (int64_t l = 0; l < L; ++l) w2T[(m * L + l) * L + j] = w2[(m * L + j) * L + l];
+    c2_of_oc.resize(p.C_out);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t j = 0; j < L; ++j) c2_of_oc[p.out_channel(m, j)] = m * L + j;
+    src_off.resize(p.C_in * p.kH * p.kW);
+    for (int64_t c = 0; c < p.C_in; ++c)
+      for (int64_t kh = 0; kh < p.kH; ++kh)
+        for (int64_t kw = 0; kw < p.kW; ++kw) {
+          const int64_t r = (kw * p.dW) % p.sW, shift = (kw * p.dW) / p.sW;
+          src_off[(c * p.kH + kh) * p.kW + kw] = ((c * p.kH + kh) * p.sW + r) * Wp + shift;
+        }
+  }
+};
+
+// Packs the input rows of output row (n, oy): row ((c*kH + kh)*sW + r), element j holds
+// x[n, c, oy*sH - pH + kh*dH, j*sW + r - pW], zero outside the image.
+template <typename T, typename S>
+void pack_rows(const Layer<S>& g, const T* x, const Str& xs, int64_t n, int64_t oy, S* packed) {
+  const IGCConvParams& p = g.p;
+  const int64_t Wp = g.Wp;
+  auto row = [&](int64_t c, int64_t kh, int64_t r) { return packed + ((c * p.kH + kh) * p.sW + r) * Wp; };
+  for (int64_t kh = 0; kh < p.kH; ++kh) {
+    const int64_t iy = oy * p.sH - p.pH + kh * p.dH;
+    if (iy < 0 || iy >= p.H) {
+      for (int64_t c = 0; c < p.C_in; ++c)
+        for (int64_t r = 0; r < p.sW; ++r) std::fill(row(c, kh, r), row(c, kh, r) + Wp, S(0));
+      continue;
+    }
+    const T* xr = x + n * xs.n + iy * xs.h;
+    if (xs.c == 1 && p.C_in > 1) {  // channels_last: read pixels contiguously, scatter to rows
+      for (int64_t r = 0; r < p.sW; ++r)
+        for (int64_t j = 0; j < Wp; ++j) {
+          const int64_t ix = j * p.sW + r - p.pW;
+          const bool in = ix >= 0 && ix < p.W;
+          const T* xp = xr + (in ? ix * xs.w : 0);
+          for (int64_t c = 0; c < p.C_in; ++c) row(c, kh, r)[j] = in ? S(xp[c]) : S(0);
+        }
+      continue;
+    }
+    for (int64_t c = 0; c < p.C_in; ++c) {
+      const T* xc = xr + c * xs.c;
+      for (int64_t r = 0; r < p.sW; ++r) {
+        S* b = row(c, kh, r);
+        // j with 0 <= j*sW + r - pW < W
+        const int64_t j0 = std::min(Wp, std::max<int64_t>(0, (p.pW - r + p.sW - 1) / p.sW));
+        const int64_t last = p.W - 1 + p.pW - r;  // j*sW <= last
+        const int64_t j1 = std::max(j0, std::min(Wp, last < 0 ? 0 : last / p.sW + 1));
+        std::fill(b, b + j0, S(0));
+        if (xs.w == 1 && p.sW == 1) {
+          const T* src = xc + (j0 - p.pW);
+          for (int64_t j = j0; j < j1; ++j) b[j] = S(src[j - j0]);
+        } else {
+          for (int64_t j = j0; j < j1; ++j) b[j] = S(xc[(j * p.sW + r - p.pW) * xs.w]);
+        }
+        std::fill(b + j1, b + Wp, S(0));
+      }
+    }
+  }
+}
+
+// Work items per parallel chunk: enough that tiny layers run on one thread.
+int64_t grain_for(int64_t cost_per_item) { return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, cost_per_item)); }
+
+// ---------------------------------------------------------------------------------------------
+// Forward.
+
+template <typename T, typename S>
+Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, const c10::optional<Tensor>& b1,
+                    const Tensor& w2, const c10::optional<Tensor>& b2, const c10::optional<Tensor>& residual) {
+  Tensor out = at::empty({p.N, p.C_out, p.H_out, p.W_out}, x.options().memory_format(x.suggest_memory_format()));
+  if (out.numel() == 0) return out;
+  const Kernels<S>& kern = kernels<S>();
+  const Layer<S> g(p, w1, b1, w2, b2);
+  const int64_t L = p.L, M = p.M, C = p.C_out, K1 = g.K1;
+  const T* xp = x.data_ptr<T>();
+  const Str xs = strides_of(x), os = strides_of(out);
+  T* op = out.data_ptr<T>();
+  const T* rp = residual ? residual->data_ptr<T>() : nullptr;
+  const Str rs = residual ? strides_of(*residual) : Str{0, 0, 0, 0};
+  // Direct stores from the kernel when the output (and residual) rows are contiguous in S.
+  const bool direct = std::is_same<T, S>::value && os.w == 1 && (!rp || rs.w == 1);
+  const bool relu = p.activation == kActRelu;
+  const int64_t rows = p.N * p.H_out;
+
+  at::parallel_for(0, rows, grain_for(p.W_out * C * (K1 + L)), [&](int64_t begin, int64_t end) {
+    std::vector<S> packed(g.n_rows * g.Wp), y1(C * kSegF, S(0)), st(direct ? 0 : C * kSegF, S(0));
+    std::vector<const S*> src(g.src_off.size()), y1src(C), res(C);
+    std::vector<S*> y1dst(C), dst(C);
+    for (size_t i = 0; i < src.size(); ++i) src[i] = packed.data() + g.src_off[i];
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t m = 0; m < M; ++m) {
+        y1dst[l * M + m] = y1.data() + (l * M + m) * kSegF;
+        y1src[m * L + l] = y1.data() + (l * M + m) * kSegF;
+      }
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / p.H_out, oy = row % p.H_out;
+      pack_rows<T, S>(g, xp, xs, n, oy, packed.data());
+      for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
+        const int64_t len = std::min(kSegF, p.W_out - p0);
+        RowsArgs<S> a;
+        a.MB = M;
+        a.K = K1;
+        a.P = len;
+        a.ldw = M;
+        a.soff = p0;
+        for (int64_t l = 0; l < L; ++l) {
+          a.w = g.w1T.data() + l * K1 * M;
+          a.bias = g.b1.empty() ? nullptr : g.b1.data() + l * M;
+          a.src = src.data() + l * K1;
+          a.dst = y1dst.data() + l * M;
+          kern.rows(a);
+        }
+        for (int64_t oc = 0; oc < C; ++oc) {
+          const int64_t c2 = g.c2_of_oc[oc];
+          if (direct) {
+            dst[c2] = reinterpret_cast<S*>(op + n * os.n + oc * os.c + oy * os.h + p0);
+            if (rp) res[c2] = reinterpret_cast<const S*>(rp + n * rs.n + oc * rs.c + oy * rs.h + p0);
+          } else {
+            dst[c2] = st.data() + c2 * kSegF;
+          }
+        }
+        RowsArgs<S> b;
+        b.MB = L;
+        b.K = L;
+        b.P = len;
+        b.ldw = L;
+        b.soff = 0;
+        b.relu = direct && relu;
+        for (int64_t m = 0; m < M; ++m) {
+          b.w = g.w2T.data() + m * L * L;
+          b.bias = g.b2.empty() ? nullptr : g.b2.data() + m * L;
+          b.src = y1src.data() + m * L;
+          b.dst = dst.data() + m * L;
+          b.res = direct && rp ? res.data() + m * L : nullptr;
+          kern.rows(b);
+        }
+        if (direct) continue;
+        // General epilogue: residual, activation, rounding to T, any output strides.
+        auto store = [&](int64_t oc, int64_t i) {
+          S v = st[g.c2_of_oc[oc] * kSegF + i];
+          if (rp) v += S(rp[n * rs.n + oc * rs.c + oy * rs.h + (p0 + i) * rs.w]);
+          if (relu) v = v < S(0) ? S(0) : v;
+          op[n * os.n + oc * os.c + oy * os.h + (p0 + i) * os.w] = T(v);
+        };
+        if (os.w == 1) {
+          for (int64_t oc = 0; oc < C; ++oc)
+            for (int64_t i = 0; i < len; ++i) store(oc, i);
+        } else {
+          for (int64_t i = 0; i < len; ++i)
+            for (int64_t oc = 0; oc < C; ++oc) store(oc, i);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward.
+
+template <typename S>
+struct GradAcc {  // one chunk's weight-gradient sums
+  std::vector<double> w1, b1, w2, b2;
+};
+
+template <typename T, typename S>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvParams& p, const Tensor& grad_out,
+                                                                 const Tensor& x, const Tensor& w1,
+                                                                 const c10::optional<Tensor>& b1, const Tensor& w2,
+                                                                 const c10::optional<Tensor>& out,
+                                                                 const std::array<bool, 5>& mask) {
+  const Kernels<S>& kern = kernels<S>();
+  const Layer<S> g(p, w1, b1, w2, c10::nullopt);
+  const int64_t L = p.L, M = p.M, C = p.C_out, K1 = g.K1, lanes = kern.lanes;
+  const auto st = std::is_same<S, double>::value ? at::kDouble : at::kFloat;
+  const bool need_y1 = mask[3], need_gy1 = mask[0] || mask[1] || mask[2], need_pack = need_y1 || mask[1];
+  const bool relu = p.activation == kActRelu;
+  const T* xp = x.data_ptr<T>();
+  const T* gp = grad_out.data_ptr<T>();
+  const T* outp = relu ? out->data_ptr<T>() : nullptr;
+  const Str xs = strides_of(x), gs_ = strides_of(grad_out), os = relu ? strides_of(*out) : Str{0, 0, 0, 0};
+  const int64_t rows = p.N * p.H_out;
+  Tensor gy1_all = mask[0] ? at::empty({p.N, C, p.H_out, p.W_out}, x.options().dtype(st)) : Tensor();
+  S* gy1_allp = mask[0] ? gy1_all.data_ptr<S>() : nullptr;
+
+  // Pass 1: over output rows, in a fixed number of chunks with one accumulator set each, so the
+  // result does not depend on scheduling.
+  const int64_t cost = p.W_out * C * (K1 + L) * 3;
+  int64_t chunks = std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(1, rows * cost >> 20));
+  chunks = std::max<int64_t>(1, std::min(chunks, rows));
+  std::vector<GradAcc<S>> accs(chunks);
+  at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t ch = cb; ch < ce; ++ch) {
+      GradAcc<S>& A = accs[ch];
+      A.w1.assign(mask[1] ? C * K1 : 0, 0.0);
+      A.b1.assign(mask[2] ? C : 0, 0.0);
+      A.w2.assign(mask[3] ? C * L : 0, 0.0);
+      A.b2.assign(mask[4] ? C : 0, 0.0);
+      std::vector<S> packed(need_pack ? g.n_rows * g.Wp : 0);
+      std::vector<S> y1(need_y1 ? C * kSegB : 0, S(0)), gs(C * kSegB, S(0)), gy1(need_gy1 ? C * kSegB : 0, S(0));
+      std::vector<S> accw1(mask[1] ? C * K1 * lanes : 0, S(0)), accw2(mask[3] ? C * L * lanes : 0, S(0));
+      std::vector<const S*> src(g.src_off.size()), y1src(C), gsrow(C), gy1row(C);
+      std::vector<S*> y1dst(C), gy1dst(C);
+      for (size_t i = 0; i < src.size(); ++i) src[i] = packed.data() + g.src_off[i];
+      for (int64_t l = 0; l < L; ++l)
+        for (int64_t m = 0; m < M; ++m) {
+          const int64_t c1 = l * M + m;
+          if (need_y1) {
+            y1dst[c1] = y1.data() + c1 * kSegB;
+            y1src[m * L + l] = y1.data() + c1 * kSegB;
+          }
+          if (need_gy1) {
+            gy1row[c1] = gy1.data() + c1 * kSegB;
+            gy1dst[m * L + l] = gy1.data() + c1 * kSegB;
+          }
+        }
+      for (int64_t c2 = 0; c2 < C; ++c2) gsrow[c2] = gs.data() + c2 * kSegB;
+      auto flush = [&](std::vector<S>& acc, std::vector<double>& dst) {
+        for (size_t e = 0; e < dst.size(); ++e) {
+          double s = 0;
+          for (int64_t v = 0; v < lanes; ++v) s += double(acc[e * lanes + v]);
+          dst[e] += s;
+        }
+        std::fill(acc.begin(), acc.end(), S(0));
+      };
+      int64_t pending = 0;
+      const int64_t r0 = rows * ch / chunks, r1 = rows * (ch + 1) / chunks;
+      for (int64_t row = r0; row < r1; ++row) {
+        const int64_t n = row / p.H_out, oy = row % p.H_out;
+        if (need_pack) pack_rows<T, S>(g, xp, xs, n, oy, packed.data());
+        for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegB) {
+          const int64_t len = std::min(kSegB, p.W_out - p0);
+          if (need_y1) {  // recompute the primary output of this segment
+            RowsArgs<S> a;
+            a.MB = M;
+            a.K = K1;
+            a.P = len;
+            a.ldw = M;
+            a.soff = p0;
+            for (int64_t l = 0; l < L; ++l) {
+              a.w = g.w1T.data() + l * K1 * M;
+              a.bias = g.b1.empty() ? nullptr : g.b1.data() + l * M;
+              a.src = src.data() + l * K1;
+              a.dst = y1dst.data() + l * M;
+              kern.rows(a);
+            }
+          }
+          // gs[c2] = grad of the secondary output (activation mask applied, shuffle undone)
+          auto load = [&](int64_t oc, int64_t i) {
+            const int64_t px = p0 + i;
+            S v = S(gp[n * gs_.n + oc * gs_.c + oy * gs_.h + px * gs_.w]);
+            if (relu) v = S(outp[n * os.n + oc * os.c + oy * os.h + px * os.w]) > S(0) ? v : S(0);
+            gs[g.c2_of_oc[oc] * kSegB + i] = v;
+          };
+          if (gs_.w == 1) {
+            for (int64_t oc = 0; oc < C; ++oc)
+              for (int64_t i = 0; i < len; ++i) load(oc, i);
+          } else {
+            for (int64_t i = 0; i < len; ++i)
+              for (int64_t oc = 0; oc < C; ++oc) load(oc, i);
+          }
+          if (mask[4])
+            for (int64_t c2 = 0; c2 < C; ++c2) {
+              S s = 0;
+              for (int64_t i = 0; i < len; ++i) s += gs[c2 * kSegB + i];
+              A.b2[c2] += double(s);
+            }
+          if (mask[3]) {  // grad_w2[m*L+j][l] += sum_px gs[m*L+j] * y1[l*M+m]
+            NtArgs<S> a;
+            a.MA = L;
+            a.NB = L;
+            a.P = len;
+            a.ld = L;
+            for (int64_t m = 0; m < M; ++m) {
+              a.a = gsrow.data() + m * L;
+              a.b = y1src.data() + m * L;
+              a.acc = accw2.data() + m * L * L * lanes;
+              kern.nt(a);
+            }
+          }
+          if (need_gy1) {
+            RowsArgs<S> a;  // gy1[l*M+m] = sum_j w2[m*L+j][l] * gs[m*L+j]
+            a.MB = L;
+            a.K = L;
+            a.P = len;
+            a.ldw = L;
+            for (int64_t m = 0; m < M; ++m) {
+              a.w = g.w2.data() + m * L * L;
+              a.src = gsrow.data() + m * L;
+              a.dst = gy1dst.data() + m * L;
+              kern.rows(a);
+            }
+            if (mask[2])
+              for (int64_t c1 = 0; c1 < C; ++c1) {
+                S s = 0;
+                for (int64_t i = 0; i < len; ++i) s += gy1[c1 * kSegB + i];
+                A.b1[c1] += double(s);
+              }
+            if (mask[1]) {  // grad_w1[l*M+m][k] += sum_px gy1[l*M+m] * src_k
+              NtArgs<S> b;
+              b.MA = M;
+              b.NB = K1;
+              b.P = len;
+              b.ld = K1;
+              b.boff = p0;
+              for (int64_t l = 0; l < L; ++l) {
+                b.a = gy1row.data() + l * M;
+                b.b = src.data() + l * K1;
+                b.acc = accw1.data() + l * M * K1 * lanes;
+                kern.nt(b);
+              }
+            }
+            if (mask[0])
+              for (int64_t c1 = 0; c1 < C; ++c1)
+                std::memcpy(gy1_allp + ((n * C + c1) * p.H_out + oy) * p.W_out + p0, gy1.data() + c1 * kSegB,
+                            len * sizeof(S));
+          }
+          pending += len;
+          if (pending >= kFlushPixels) {
+            if (mask[1]) flush(accw1, A.w1);
+            if (mask[3]) flush(accw2, A.w2);
+            pending = 0;
+          }
+        }
+      }
+      if (mask[1]) flush(accw1, A.w1);
+      if (mask[3]) flush(accw2, A.w2);
+    }
+  });
+
+  Tensor empty = at::empty({0}, x.options());
+  auto reduce = [&](std::vector<double> GradAcc<S>::*field, const Tensor& like) {
+    Tensor r = at::empty(like.sizes(), x.options().dtype(at::kDouble));
+    double* rp = r.data_ptr<double>();
+    std::fill(rp, rp + r.numel(), 0.0);
+    for (const auto& A : accs)
+      for (int64_t e = 0; e < r.numel(); ++e) rp[e] += (A.*field)[e];
+    return r.to(x.scalar_type());
+  };
+  Tensor b_like = at::empty({C}, x.options());
+  Tensor gw1 = mask[1] ? reduce(&GradAcc<S>::w1, w1) : empty;
+  Tensor gb1 = mask[2] ? reduce(&GradAcc<S>::b1, b_like) : empty;
+  Tensor gw2 = mask[3] ? reduce(&GradAcc<S>::w2, w2) : empty;
+  Tensor gb2 = mask[4] ? reduce(&GradAcc<S>::b2, b_like) : empty;
+  if (!mask[0]) return {empty, gw1, gb1, gw2, gb2};
+
+  // Pass 2: grad_x over input rows (n, iy). With base = pW - (kW-1)*dW, row Z of output row oy
+  // holds Z[t] = gy1[oy][(t + base) / sW] where (t + base) is a multiple of sW in range, else 0;
+  // then grad_x[ix] = sum_{m, kh, kw'} w1[.][ci][kh][kW-1-kw'] * Z_(m,kh)[ix + kw'*dW].
+  Tensor gx = at::empty_like(x, x.options().memory_format(x.suggest_memory_format()));
+  if (gx.numel() == 0) return {gx, gw1, gb1, gw2, gb2};
+  T* gxp = gx.data_ptr<T>();
+  const Str gxs = strides_of(gx);
+  const bool direct = std::is_same<T, S>::value && gxs.w == 1;
+  const int64_t Wz = round_up(p.W + (p.kW - 1) * p.dW + kLanes, kLanes), base = p.pW - (p.kW - 1) * p.dW;
+  const int64_t Kx = M * p.kH * p.kW, Min = p.M_in;
+  at::parallel_for(0, p.N * p.H, grain_for(p.W * C * Kx), [&](int64_t begin, int64_t end) {
+    std::vector<S> Z(p.kH * C * Wz), wg(L * Kx * Min), tile(direct ? 0 : p.C_in * kSegX, S(0));
+    std::vector<const S*> srcx(L * Kx);
+    std::vector<S*> dst(p.C_in);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / p.H, iy = row % p.H;
+      int64_t nv = 0;
+      for (int64_t kh = 0; kh < p.kH; ++kh) {
+        const int64_t t = iy + p.pH - kh * p.dH;
+        if (t < 0 || t % p.sH != 0 || t / p.sH >= p.H_out) continue;
+        const int64_t oy = t / p.sH;
+        for (int64_t c1 = 0; c1 < C; ++c1) {
+          S* z = Z.data() + (nv * C + c1) * Wz;
+          const S* gr = gy1_allp + ((n * C + c1) * p.H_out + oy) * p.W_out;
+          if (p.sW == 1) {
+            const int64_t t0 = std::min(Wz, std::max<int64_t>(0, -base)), t1 = std::max(t0, std::min(Wz, p.W_out - base));
+            std::fill(z, z + t0, S(0));
+            std::memcpy(z + t0, gr + t0 + base, (t1 - t0) * sizeof(S));
+            std::fill(z + t1, z + Wz, S(0));
+          } else {
+            for (int64_t t2 = 0; t2 < Wz; ++t2) {
+              const int64_t q = t2 + base;
+              z[t2] = q >= 0 && q % p.sW == 0 && q / p.sW < p.W_out ? gr[q / p.sW] : S(0);
+            }
+          }
+        }
+        // Sources and weights of this valid kernel row, appended after the earlier ones.
+        for (int64_t l = 0; l < L; ++l)
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t kw = 0; kw < p.kW; ++kw) {
+              const int64_t k = (nv * M + m) * p.kW + kw;
+              srcx[l * Kx + k] = Z.data() + (nv * C + l * M + m) * Wz + kw * p.dW;
+              for (int64_t ci = 0; ci < Min; ++ci)
+                wg[(l * Kx + k) * Min + ci] = g.w1[(((l * M + m) * Min + ci) * p.kH + kh) * p.kW + (p.kW - 1 - kw)];
+            }
+        ++nv;
+      }
+      for (int64_t p0 = 0; p0 < p.W; p0 += kSegX) {
+        const int64_t len = std::min(kSegX, p.W - p0);
+        for (int64_t c = 0; c < p.C_in; ++c)
+          dst[c] = direct ? reinterpret_cast<S*>(gxp + n * gxs.n + c * gxs.c + iy * gxs.h + p0) : tile.data() + c * kSegX;
+        RowsArgs<S> a;
+        a.MB = Min;
+        a.K = nv * M * p.kW;
+        a.P = len;
+        a.ldw = Min;
+        a.soff = p0;
+        for (int64_t l = 0; l < L; ++l) {
+          a.w = wg.data() + l * Kx * Min;
+          a.src = srcx.data() + l * Kx;
+          a.dst = dst.data() + l * Min;
+          kern.rows(a);
+        }
+        if (direct) continue;
+        auto store = [&](int64_t c, int64_t i) {
+          gxp[n * gxs.n + c * gxs.c + iy * gxs.h + (p0 + i) * gxs.w] = T(tile[c * kSegX + i]);
+        };
+        if (gxs.w == 1) {
+          for (int64_t c = 0; c < p.C_in; ++c)
+            for (int64_t i = 0; i < len; ++i) store(c, i);
+        } else {
+          for (int64_t i = 0; i < len; ++i)
+            for (int64_t c = 0; c < p.C_in; ++c) store(c, i);
+        }
+      }
+    }
+  });
+  return {gx, gw1, gb1, gw2, gb2};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Op entry points.
+
+#define IGC_CPU_DISPATCH(dtype, NAME, ...)                                                              \
+  switch (dtype) {                                                                                      \
+    case at::kFloat: {                                                                                  \
+      using T = float;                                                                                  \
+      using S = float;                                                                                  \
+      return __VA_ARGS__();                                                                             \
+    }                                                                                                   \
+    case at::kDouble: {                                                                                 \
+      using T = double;                                                                                 \
+      using S = double;                                                                                 \
+      return __VA_ARGS__();                                                                             \
+    }                                                                                                   \
+    case at::kBFloat16: {                                                                               \
+      using T = c10::BFloat16;                                                                          \
+      using S = float;                                                                                  \
+      return __VA_ARGS__();                                                                             \
+    }                                                                                                   \
+    default:                                                                                            \
+      TORCH_CHECK(false, NAME " (CPU): x must be float32, float64 or bfloat16, got ", dtype);          \
+  }
+
+Tensor igc_conv_cpu(const Tensor& x, const Tensor& w1, const c10::optional<Tensor>& b1, const Tensor& w2,
+                    const c10::optional<Tensor>& b2, const c10::optional<Tensor>& residual, int64_t groups,
+                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool shuffle,
+                    int64_t activation) {
+  const IGCConvParams p =
+      make_params(x, w1, b1, w2, b2, residual, groups, stride, padding, dilation, shuffle, activation);
+  IGC_CPU_DISPATCH(x.scalar_type(), "igc_conv", [&] { return forward_impl<T, S>(p, x, w1, b1, w2, b2, residual); })
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> igc_conv_backward_cpu(
+    const Tensor& grad_out, const Tensor& x, const Tensor& w1, const c10::optional<Tensor>& b1, const Tensor& w2,
+    const c10::optional<Tensor>& out, int64_t groups, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, bool shuffle, int64_t activation, std::array<bool, 5> output_mask) {
+  const IGCConvParams p =
+      make_params(x, w1, b1, w2, c10::nullopt, c10::nullopt, groups, stride, padding, dilation, shuffle, activation);
+  check_backward_args(p, grad_out, out, x);
+  IGC_CPU_DISPATCH(x.scalar_type(), "igc_conv_backward",
+                   [&] { return backward_impl<T, S>(p, grad_out, x, w1, b1, w2, out, output_mask); })
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(igc_kernels, CPU, m) {
+  m.impl("igc_conv", &igc_conv_cpu);
+  m.impl("igc_conv_backward", &igc_conv_backward_cpu);
+}
+
+}  // namespace cpu
+}  // namespace igc
