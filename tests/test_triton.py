@@ -201,3 +201,41 @@ def test_torch_compile_fullgraph_forward_and_backward():
     assert_close_to_reference(out, ref, torch.float32, "compiled forward")
     for g, r in zip(got, [a.grad for a in ref_in[:6] if isinstance(a, torch.Tensor)]):
         assert_close_to_reference(g, r, torch.float32, "compiled grad")
+
+
+def _device_check_module():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "device_check.py"
+    spec = importlib.util.spec_from_file_location("device_check", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("device_check", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_device_check_correctness_helper_runs_the_triton_backend(tmp_path):
+    """The GPU script's correctness section, on a tiny shape with the same kernels (CPU: interpreted)."""
+    dc = _device_check_module()
+    report = dc.Report(str(tmp_path / "check.md"))
+    cases = {"tiny": IGCCase(N=1, L=3, M_in=2, M=2, H=5, W=7, stride=(2, 1), residual=True, channels_last=True)}
+    assert dc.correctness(report, ["triton"], [torch.float32], cases, DEVICE)
+    text = (tmp_path / "check.md").read_text()
+    for name in ("out", "x", "w1", "b1", "w2", "b2", "residual"):
+        assert f"| triton | float32 | tiny | {name} |" in text
+
+
+def test_device_check_cli_without_gpu(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "device_check.py"
+    help_run = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert help_run.returncode == 0 and "--out" in help_run.stdout and "--quick" in help_run.stdout
+    if DEVICE == "cpu":
+        run = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "r.md")], capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 2 and "no CUDA device" in run.stderr
