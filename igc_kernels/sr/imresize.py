@@ -101,7 +101,7 @@ def imresize(img, scale=None, *, size=None, antialiasing: bool = True, uint8_rou
             raise ValueError(f"img tensor must be floating point with shape (..., H, W), got {img.dtype} {tuple(img.shape)}")
         out = img
         for axis, n_in, n_out, s in _plan(img.shape[-2:], scale, size):
-            mat = torch.from_numpy(weight_matrix(n_in, n_out, s, antialiasing)).to(img.device, img.dtype)
+            mat = torch.tensor(weight_matrix(n_in, n_out, s, antialiasing), device=img.device, dtype=img.dtype)
             out = torch.matmul(mat, out) if axis == 0 else torch.matmul(out, mat.t())
             if uint8_rounding:
                 out = out.round().clamp(0, 255)  # torch rounds half to even; use numpy for bit-exactness

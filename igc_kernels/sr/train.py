@@ -507,13 +507,13 @@ def export_weights(cfg: TrainConfig, model: nn.Module, info: dict, history: list
         "primary_groups": cfg.primary_groups,
         "training_data": [Path(f).name for f in info["train_folders"]],
         "training_images": info["train_images"],
-        "iterations": step,
+        "steps": step,
         "global_batch": info["global_batch"],
         "patch_size": cfg.patch_size,
         "recipe": (f"{cfg.loss.upper()} loss, Adam{tuple(cfg.betas)} eps {cfg.eps:g}, lr {cfg.lr:g} "
                    f"x{cfg.lr_gamma:g} at iterations {info['lr_milestone_iters']}"),
         "validation": info["validation"],
-        "val_psnr": {k: round(v, 3) for k, v in last.items() if k != "step"},
+        "psnr": {f"val_{k}": round(v, 3) for k, v in last.items() if k != "step"},
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "torch": torch.__version__,
         **cfg.extra_metadata,
@@ -521,3 +521,24 @@ def export_weights(cfg: TrainConfig, model: nn.Module, info: dict, history: list
     path.parent.mkdir(parents=True, exist_ok=True)
     save_weights(model, path, meta)
     return path
+
+
+def export_checkpoint(cfg: TrainConfig) -> Path:
+    """Write weights from ``<out_dir>/checkpoint.ckpt`` (e.g. of a run stopped early, or to
+    evaluate a run while it trains), with the same metadata as at the end of training."""
+    check_config(cfg)
+    ckpt_path = Path(cfg.out_dir) / CHECKPOINT_NAME
+    try:
+        state = load_checkpoint(ckpt_path)
+    except CheckpointError as e:
+        raise TrainError(str(e)) from e
+    if state["arch"] != cfg.arch:
+        raise TrainError(f"{ckpt_path} is a {state['arch']!r} run, but arch={cfg.arch!r}")
+    model = build_run_model(cfg)
+    model.load_state_dict(state["model"])
+    info_path = Path(cfg.out_dir) / INFO_NAME
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise TrainError(f"cannot read the run description {info_path}: {e}") from e
+    return export_weights(cfg, model, info, list(state.get("val_history", [])), int(state["step"]))
