@@ -22,6 +22,7 @@ from setuptools import find_packages, setup
 
 try:
     import torch
+    from torch.utils import cpp_extension
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError:  # pragma: no cover - explained to the user
     sys.exit(
@@ -30,10 +31,27 @@ except ImportError:  # pragma: no cover - explained to the user
     )
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+CUDA_HOME_RESOLVED = None  # set by _extension() when CUDA sources are built
 
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "0") not in ("", "0", "false", "False")
+
+
+def _cuda_home():
+    """The CUDA toolkit root: the first of CUDA_HOME, CUDA_PATH, torch's guess and /usr/local/cuda
+    that has both bin/nvcc and the runtime headers. (torch guesses from `which nvcc`, which is wrong
+    when nvcc on PATH is a wrapper script, e.g. /usr/local/bin/nvcc -> guess /usr/local.)"""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), CUDA_HOME, "/usr/local/cuda"]
+    nvcc_on_path = shutil.which("nvcc")
+    if nvcc_on_path:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc_on_path))))
+    for home in candidates:
+        if home and os.path.exists(os.path.join(home, "bin", "nvcc")) and os.path.exists(
+            os.path.join(home, "include", "cuda_runtime_api.h")
+        ):
+            return home
+    return None
 
 
 def _cuda_config():
@@ -42,10 +60,29 @@ def _cuda_config():
         return False, "disabled by IGC_KERNELS_NO_CUDA"
     if torch.version.cuda is None:
         return False, f"torch {torch.__version__} has no CUDA"
-    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else shutil.which("nvcc")
-    if not nvcc or not os.path.exists(nvcc):
-        return False, "nvcc not found (set CUDA_HOME)"
-    return True, f"torch CUDA {torch.version.cuda}, nvcc at {nvcc}"
+    home = _cuda_home()
+    if home is None:
+        return False, "no CUDA toolkit with nvcc and headers found (set CUDA_HOME)"
+    # torch.utils.cpp_extension reads its module-level CUDA_HOME when it builds: point it at the
+    # toolkit found above (its include/ and lib64/ then come with the nvcc that compiles).
+    cpp_extension.CUDA_HOME = home
+    os.environ["CUDA_HOME"] = home
+    return True, f"torch CUDA {torch.version.cuda}, nvcc at {os.path.join(home, 'bin', 'nvcc')}"
+
+
+def _torch_version():
+    return tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+
+
+def _wheel_cuda_include_dirs():
+    """Header dirs of the nvidia-* wheels that a CUDA torch depends on (cusparse.h, cublas_v2.h,
+    ... that ATen/cuda headers include). A bare toolkit (e.g. only nvcc + cudart) lacks them. They
+    are passed with -isystem, which is searched after every -I, so the toolkit's own headers win
+    wherever both have a file."""
+    if CUDA_HOME_RESOLVED and os.path.exists(os.path.join(CUDA_HOME_RESOLVED, "include", "cusparse.h")):
+        return []
+    site = os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))
+    return sorted(d for d in glob.glob(os.path.join(site, "nvidia", "*", "include")) if os.path.isdir(d))
 
 
 def _extension():
@@ -60,8 +97,12 @@ def _extension():
     if _flag("IGC_KERNELS_FORCE_CUDA") and not with_cuda:
         sys.exit(f"igc_kernels: IGC_KERNELS_FORCE_CUDA=1 but CUDA cannot be built: {why}")
     with_cuda = with_cuda and bool(cuda_sources)
+    global CUDA_HOME_RESOLVED
+    CUDA_HOME_RESOLVED = cpp_extension.CUDA_HOME if with_cuda else None
+    wheel_includes = _wheel_cuda_include_dirs() if with_cuda else []
     print(f"igc_kernels build: CPU kernels yes; CUDA kernels {'yes' if with_cuda else 'no'} ({why}); "
-          f"debug={debug}; TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(default 8.0;9.0)')}")
+          f"debug={debug}; TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(default 8.0;9.0)')}"
+          + (f"; CUDA_HOME={CUDA_HOME_RESOLVED}; extra CUDA headers from {wheel_includes}" if with_cuda else ""))
     common = dict(
         name="igc_kernels._C",
         include_dirs=[os.path.join(ROOT, "csrc")],
@@ -69,10 +110,14 @@ def _extension():
     )
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-        nvcc = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        isystem = [flag for d in wheel_includes for flag in ("-isystem", d)]
+        # torch >= 2.14's headers need C++20 (ATen.h says so with #error); older ones build as C++17.
+        std = "-std=c++20" if _torch_version() >= (2, 14) else "-std=c++17"
+        cxx = [std if f == "-std=c++17" else f for f in cxx]
+        nvcc = opt + [std, "--expt-relaxed-constexpr", "-lineinfo"] + isystem
         return CUDAExtension(
             sources=sources + cuda_sources,
-            extra_compile_args={"cxx": cxx + ["-DIGC_WITH_CUDA"], "nvcc": nvcc + ["-DIGC_WITH_CUDA"]},
+            extra_compile_args={"cxx": cxx + isystem + ["-DIGC_WITH_CUDA"], "nvcc": nvcc + ["-DIGC_WITH_CUDA"]},
             **common,
         )
     return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **common)

@@ -1,0 +1,232 @@
+"""The CUDA C++ kernels (csrc/cuda/) against the float64 reference: forward and every gradient,
+fp32/fp16/bf16, NCHW and channels_last, the paper's shape (fast kernel) and odd general shapes.
+
+Needs a CUDA device; on a machine without one every test here is skipped by the ``requires_cuda``
+marker (CI proves the CUDA build separately with .ci/cuda_build.sh).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from igc_kernels.ops import _ext
+from igc_kernels.ops.reference import igc_conv_reference
+
+
+def _no_cuda_reason() -> str | None:
+    # torch.cuda.is_available() does not create a CUDA context, so this is safe at collection.
+    if not torch.cuda.is_available():
+        return "no CUDA device (CUDA kernels are compiled in CI by .ci/cuda_build.sh, run here on a GPU)"
+    return None
+
+
+requires_cuda = pytest.mark.skipif(_no_cuda_reason() is not None, reason=str(_no_cuda_reason()))
+pytestmark = requires_cuda
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Relative error (max |err| / max |ref|) allowed in fp32: fp32 accumulation over a few hundred
+# terms stays far below 1e-4 (DESIGN section 6).
+FP32_TOL = 1e-4
+# Low precision: at most 2x the error of PyTorch's own kernels in that dtype (DESIGN section 6),
+# plus a floor of a few units in the last place, because PyTorch's error on a tiny tensor can be
+# near zero by luck (fp16 has 11 significant bits, bf16 8).
+LOW_FLOOR = {torch.float16: 4 * 2.0**-11, torch.bfloat16: 4 * 2.0**-8}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    L: int
+    M_in: int
+    M: int
+    k: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    shuffle: bool = True
+    activation: int = 0
+    b1: bool = False
+    b2: bool = False
+    residual: bool = False
+    N: int = 2
+    H: int = 9
+    W: int = 11
+
+    def __str__(self) -> str:  # readable test ids
+        return (
+            f"L{self.L}Min{self.M_in}M{self.M}k{self.k[0]}x{self.k[1]}s{self.stride}p{self.padding}"
+            f"d{self.dilation}{'sh' if self.shuffle else 'nosh'}act{self.activation}"
+            f"{'b1' if self.b1 else ''}{'b2' if self.b2 else ''}{'res' if self.residual else ''}"
+            f"N{self.N}H{self.H}W{self.W}"
+        )
+
+
+PAPER = dict(L=24, M_in=4, M=4, k=(3, 3), padding=(1, 1))
+CASES = [
+    # The paper's layer (fast kernel): tiles of 8x32 with ragged edges in both directions.
+    Case(**PAPER, activation=1, b1=True, b2=True, residual=True, N=2, H=13, W=37),
+    Case(**{**PAPER, "padding": (0, 0)}, shuffle=False, N=1, H=10, W=33),
+    Case(**{**PAPER, "padding": (2, 1)}, activation=1, b2=True, N=1, H=5, W=7),
+    # General kernel: every other shape.
+    Case(L=3, M_in=2, M=5, k=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), b1=True, b2=True, N=2),
+    Case(L=1, M_in=3, M=2, k=(1, 1), activation=1, residual=True, N=1, H=7, W=5),
+    Case(L=5, M_in=1, M=1, k=(5, 5), stride=(3, 3), padding=(2, 2), shuffle=False, b1=True, N=3, H=13, W=8),
+    Case(L=4, M_in=4, M=4, k=(3, 3), padding=(1, 1), dilation=(2, 2), activation=1, b1=True, b2=True, H=9, W=9),
+]
+
+
+def _make_inputs(case: Case, dtype: torch.dtype, channels_last: bool, seed: int):
+    """Fresh random inputs, rounded to ``dtype`` once, so every path sees the same values."""
+    g = torch.Generator().manual_seed(seed)
+    c_in, c_out = case.L * case.M_in, case.L * case.M
+    h_out = (case.H + 2 * case.padding[0] - case.dilation[0] * (case.k[0] - 1) - 1) // case.stride[0] + 1
+    w_out = (case.W + 2 * case.padding[1] - case.dilation[1] * (case.k[1] - 1) - 1) // case.stride[1] + 1
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    fan1 = case.M_in * case.k[0] * case.k[1]
+    t = dict(
+        x=rnd(case.N, c_in, case.H, case.W),
+        w1=rnd(c_out, case.M_in, *case.k, scale=fan1**-0.5),
+        b1=rnd(c_out, scale=0.5) if case.b1 else None,
+        w2=rnd(c_out, case.L, 1, 1, scale=case.L**-0.5),
+        b2=rnd(c_out, scale=0.5) if case.b2 else None,
+        residual=rnd(case.N, c_out, h_out, w_out) if case.residual else None,
+        grad=rnd(case.N, c_out, h_out, w_out),
+    )
+    if channels_last:
+        for name in ("x", "residual", "grad"):
+            if t[name] is not None:
+                t[name] = t[name].contiguous(memory_format=torch.channels_last)
+    return t
+
+
+def _conf(case: Case):
+    return (case.L, list(case.stride), list(case.padding), list(case.dilation), case.shuffle, case.activation)
+
+
+def _reference(t, case: Case, device, dtype):
+    """Forward and the five gradients of the reference on ``device`` in ``dtype``."""
+    leaves = {k: (v.to(device=device, dtype=dtype).requires_grad_(k in ("x", "w1", "b1", "w2", "b2")))
+              if v is not None else None for k, v in t.items() if k != "grad"}
+    out = igc_conv_reference(
+        leaves["x"], leaves["w1"], leaves["b1"], leaves["w2"], leaves["b2"], leaves["residual"], *_conf(case)
+    )
+    out.backward(t["grad"].to(device=device, dtype=dtype))
+    grads = [leaves[k].grad if leaves[k] is not None else None for k in ("x", "w1", "b1", "w2", "b2")]
+    return out.detach(), grads
+
+
+def _cuda_forward_backward(t, case: Case, mask=(True, True, True, True, True)):
+    d = {k: (v.cuda() if v is not None else None) for k, v in t.items()}
+    out = torch.ops.igc_kernels.igc_conv(d["x"], d["w1"], d["b1"], d["w2"], d["b2"], d["residual"], *_conf(case))
+    grads = torch.ops.igc_kernels.igc_conv_backward(
+        d["grad"], d["x"], d["w1"], d["b1"], d["w2"], out if case.activation else None, *_conf(case), list(mask)
+    )
+    return out, list(grads)
+
+
+def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double().cpu()
+    return ((a.double().cpu() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cuda_kernel_registered():
+    # On a GPU machine a missing CUDA kernel is a build problem, not a reason to skip.
+    assert _ext.has_kernel("CUDA"), _ext.EXT_ERROR or "igc_kernels._C was built without its CUDA kernels"
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_forward_and_gradients_match_reference(case, dtype, channels_last):
+    t = _make_inputs(case, dtype, channels_last, seed=hash((str(case), str(dtype), channels_last)) % 2**31)
+    ref_out, ref_grads = _reference(t, case, "cpu", torch.float64)
+    out, grads = _cuda_forward_backward(t, case)
+    expected_format = torch.channels_last if channels_last else torch.contiguous_format
+    assert out.dtype == dtype and out.is_contiguous(memory_format=expected_format)
+    assert grads[0].is_contiguous(memory_format=expected_format)
+
+    if dtype == torch.float32:
+        tols = [FP32_TOL] * 6
+    else:
+        # PyTorch's own error in this dtype (the stock ops on the GPU), against the same oracle.
+        torch_out, torch_grads = _reference(t, case, "cuda", dtype)
+        tols = [max(2 * _rel_err(r, o), LOW_FLOOR[dtype]) for r, o in zip([torch_out, *torch_grads],
+                                                                           [ref_out, *ref_grads]) if o is not None]
+    names = ["out", "grad_x", "grad_w1", "grad_b1", "grad_w2", "grad_b2"]
+    pairs = [(n, a, r) for n, a, r in zip(names, [out, *grads], [ref_out, *ref_grads]) if r is not None]
+    for (name, a, r), tol in zip(pairs, tols):
+        assert a.shape == r.shape, f"{name}: shape {tuple(a.shape)} != {tuple(r.shape)}"
+        err = _rel_err(a, r)
+        assert err <= tol, f"{name}: relative error {err:.3g} > {tol:.3g} ({case}, {dtype})"
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=str)
+def test_fast_and_general_kernels_agree(case, monkeypatch):
+    t = _make_inputs(case, torch.float32, False, seed=7)
+    fast, _ = _cuda_forward_backward(t, case, mask=(False,) * 5)
+    monkeypatch.setenv("IGC_KERNELS_CUDA_PATH", "general")
+    general, _ = _cuda_forward_backward(t, case, mask=(False,) * 5)
+    torch.testing.assert_close(fast, general, rtol=1e-5, atol=1e-5)
+
+
+def test_unrequested_gradients_are_empty():
+    case = CASES[0]
+    t = _make_inputs(case, torch.float32, True, seed=3)
+    _, ref_grads = _reference(t, case, "cpu", torch.float64)
+    for i in range(5):
+        mask = [j == i for j in range(5)]
+        _, grads = _cuda_forward_backward(t, case, mask=mask)
+        for j, g in enumerate(grads):
+            if j == i:
+                assert _rel_err(g, ref_grads[j]) <= FP32_TOL
+            else:
+                assert g.numel() == 0
+
+
+def test_empty_batch():
+    case = dataclasses.replace(CASES[3], N=0)
+    t = _make_inputs(case, torch.float32, False, seed=5)
+    out, grads = _cuda_forward_backward(t, case)
+    assert out.shape[0] == 0 and grads[0].shape == t["x"].shape
+    for g, name in zip(grads[1:], ("w1", "b1", "w2", "b2")):
+        assert g.shape == t[name].shape and bool((g == 0).all())
+
+
+def test_autograd_through_the_public_api():
+    from igc_kernels.ops import igc_conv
+
+    case = CASES[0]
+    t = _make_inputs(case, torch.float32, True, seed=11)
+    leaves = {k: t[k].cuda().requires_grad_() for k in ("x", "w1", "w2", "b1", "b2", "residual")}
+    out = igc_conv(leaves["x"], leaves["w1"], leaves["w2"], leaves["b1"], leaves["b2"], padding=1,
+                   activation="relu", residual=leaves["residual"], backend="cuda")
+    out.backward(t["grad"].cuda())
+    ref_out, _ = _reference(t, case, "cpu", torch.float64)
+    assert _rel_err(out.detach(), ref_out) <= FP32_TOL
+    ref = {k: t[k].double().requires_grad_() for k in leaves}
+    ref_y = igc_conv_reference(ref["x"], ref["w1"], ref["b1"], ref["w2"], ref["b2"], ref["residual"], *_conf(case))
+    ref_y.backward(t["grad"].double())
+    for k in leaves:
+        assert _rel_err(leaves[k].grad, ref[k].grad) <= FP32_TOL, k
+
+
+def test_rejects_float64_with_a_clear_message():
+    case = CASES[3]
+    t = _make_inputs(case, torch.float64, False, seed=1)
+    with pytest.raises(RuntimeError, match="float32, float16 or bfloat16"):
+        _cuda_forward_backward(t, case)
+
+
+def test_rejects_mixed_devices():
+    case = CASES[3]
+    t = _make_inputs(case, torch.float32, False, seed=2)
+    with pytest.raises(RuntimeError, match="w1 must be on the same device as x"):
+        torch.ops.igc_kernels.igc_conv(t["x"].cuda(), t["w1"], t["b1"].cuda(), t["w2"].cuda(), t["b2"].cuda(),
+                                       None, *_conf(case))
