@@ -19,8 +19,13 @@ def has_extension() -> bool:
     return EXT_ERROR is None
 
 
+# Which devices the loaded library has kernels for, read once: the registrations happen when the
+# library loads, and a plain dict is something torch.compile can trace through.
+KERNELS = {
+    key: EXT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(OP, key) for key in ("CPU", "CUDA")
+}
+
+
 def has_kernel(dispatch_key: str) -> bool:
     """True when the C++ op has a kernel for this dispatch key ('CPU' or 'CUDA')."""
-    if EXT_ERROR is not None:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(OP, dispatch_key)
+    return KERNELS.get(dispatch_key, False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 NUM_FWD_ARGS = 12  # x, w1, b1, w2, b2, residual, groups, stride, padding, dilation, shuffle, activation
 
@@ -24,8 +25,9 @@ def output_shape(x, w1, stride, padding, dilation) -> tuple[int, int, int, int]:
 
 
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
-    """Outputs follow the input's layout: channels_last in, channels_last out."""
-    return x.suggest_memory_format()
+    """Outputs follow the input's layout: channels_last in, channels_last out (the same rule as
+    ATen's Tensor::suggest_memory_format, which the C++ kernels use)."""
+    return suggest_memory_format(x)
 
 
 def fake_forward(x, w1, b1, w2, b2, residual, groups, stride, padding, dilation, shuffle, activation):
