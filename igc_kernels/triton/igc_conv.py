@@ -28,22 +28,47 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _pow2(n: int, minimum: int) -> int:
-    return max(minimum, triton.next_power_of_2(n))
-
-
 def _dot_precision(dtype: torch.dtype) -> str:
     # fp32 must stay fp32 (the op promises 1e-4 relative); tl.dot would otherwise use TF32.
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _sizes(x: torch.Tensor, w1: torch.Tensor, groups: int) -> dict:
+    """Compile-time sizes of the kernels (see kernels._primary_z for the packing)."""
     L = groups
-    M = w1.shape[0] // L
-    return dict(
-        L=L, M=M, M_IN=w1.shape[1], KH=w1.shape[2], KW=w1.shape[3],
-        LP=_pow2(L, 16),  # a tl.dot dimension: >= 16 and a power of two
-    )
+    M, M_IN, KH, KW = w1.shape[0] // L, w1.shape[1], w1.shape[2], w1.shape[3]
+    MP, MINP = triton.next_power_of_2(M), triton.next_power_of_2(M_IN)
+    G = max(1, 16 // MP)  # primary groups per packed tile: G*MP >= 16 output columns
+    QP = max(triton.next_power_of_2(triton.cdiv(L, G)), 16 // G)  # packs; QP*G >= 16 (secondary K)
+    return dict(L=L, M=M, M_IN=M_IN, KH=KH, KW=KW, G=G, QP=QP, KP=max(16, G * MINP), MINP=MINP, MP=MP)
+
+
+def _pack_index(sz: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each packed entry [q, k, col]: whether it holds a weight, its w1 row and input channel."""
+    L, M, M_IN, G, QP, KP, MINP, MP = (sz[k] for k in ("L", "M", "M_IN", "G", "QP", "KP", "MINP", "MP"))
+    q = torch.arange(QP, device=device)[:, None, None]
+    k = torch.arange(KP, device=device)[None, :, None]
+    col = torch.arange(G * MP, device=device)[None, None, :]
+    g, ci, m = k // MINP, k % MINP, col % MP
+    l = q * G + g
+    valid = (g == col // MP) & (k < G * MINP) & (ci < M_IN) & (m < M) & (l < L)
+    return valid, torch.where(valid, l * M + m, 0), torch.where(valid, ci, 0)
+
+
+def pack_w1(w1: torch.Tensor, sz: dict) -> torch.Tensor:
+    """w1 (L*M, M_in, kH, kW) as block-diagonal tiles, (kH*kW, QP, KP, G*MP):
+    packed[t, q, g*MINP + ci, g*MP + m] = w1[(q*G + g)*M + m, ci, t], zero elsewhere."""
+    valid, c1, ci = _pack_index(sz, w1.device)
+    taps = w1.reshape(w1.shape[0], w1.shape[1], -1)[c1, ci]  # (QP, KP, NP, kH*kW)
+    return torch.where(valid[..., None], taps, 0).permute(3, 0, 1, 2).contiguous()
+
+
+def unpack_w1(packed: torch.Tensor, sz: dict, shape: torch.Size) -> torch.Tensor:
+    """Inverse of pack_w1 on the block diagonal: (kH*kW, QP, KP, NP) -> w1's shape."""
+    valid, c1, ci = _pack_index(sz, packed.device)
+    out = packed.new_zeros(shape[0], shape[1], shape[2] * shape[3])
+    out[c1[valid], ci[valid]] = packed.permute(1, 2, 3, 0)[valid]
+    return out.reshape(shape)
 
 
 def _conv_args(stride, padding, dilation) -> tuple[int, ...]:
@@ -74,8 +99,8 @@ def igc_conv_triton(
     if P == 0:
         return out
     sz = _sizes(x, w1, groups)
-    w1c, w2c = w1.contiguous(), w2.contiguous()
-    b1c = b1.contiguous() if b1 is not None else w1c  # never read when absent
+    w1p, w2c = pack_w1(w1, sz), w2.contiguous()
+    b1c = b1.contiguous() if b1 is not None else w2c  # never read when absent
     b2c = b2.contiguous() if b2 is not None else w2c
     res = residual if residual is not None else out
 
@@ -83,12 +108,11 @@ def igc_conv_triton(
         return (triton.cdiv(P, meta["BLOCK_P"]),)
 
     wrap_triton(igc_fwd_kernel)[grid](
-        x, w1c, b1c, w2c, b2c, res, out,
+        x, w1p, b1c, w2c, b2c, res, out,
         P, h, w, ho, wo,
         *x.stride(), *out.stride(), *res.stride(),
         *_conv_args(stride, padding, dilation),
-        L=sz["L"], M=sz["M"], M_IN=sz["M_IN"], KH=sz["KH"], KW=sz["KW"],
-        LP=sz["LP"], MP=triton.next_power_of_2(sz["M"]),
+        **sz,
         HAS_B1=b1 is not None, HAS_B2=b2 is not None, HAS_RES=residual is not None,
         SHUFFLE=bool(shuffle), ACT=int(activation), DOT_PRECISION=_dot_precision(x.dtype),
     )
@@ -123,15 +147,17 @@ def igc_conv_triton_backward(
     P = n * ho * wo
     f32 = dict(dtype=torch.float32, device=x.device)
     # Weight/bias gradients accumulate in fp32 (atomics), then take the parameter's dtype.
-    gw1 = torch.zeros(w1.shape, **f32) if need_w1 else torch.zeros(1, **f32)
+    # dL/dw1 is reduced in the packed layout of the primary's weights (see pack_w1).
+    packed_numel = sz["KH"] * sz["KW"] * sz["QP"] * sz["KP"] * sz["G"] * sz["MP"]
+    gw1 = torch.zeros(packed_numel if need_w1 else 1, **f32)
     gb1 = torch.zeros(c_mid, **f32) if need_b1 else torch.zeros(1, **f32)
     gw2 = torch.zeros(w2.shape, **f32) if need_w2 else torch.zeros(1, **f32)
     gb2 = torch.zeros(c_mid, **f32) if need_b2 else torch.zeros(1, **f32)
     # dL/dy1, pixel-major; kept in x's dtype as the stock path's own intermediate gradient is.
     gy1 = torch.empty((P, c_mid) if need_x else (1,), dtype=x.dtype, device=x.device)
     gx = torch.empty_like(x, memory_format=memory_format_of(x)) if need_x else x.new_empty((0,))
-    w1c, w2c = w1.contiguous(), w2.contiguous()
-    b1c = b1.contiguous() if b1 is not None else w1c
+    w1p, w2c = pack_w1(w1, sz), w2.contiguous()
+    b1c = b1.contiguous() if b1 is not None else w2c
     o = out if out is not None else grad_out
     if P > 0 and (need_x or need_w1 or need_b1 or need_w2 or need_b2):
 
@@ -139,13 +165,12 @@ def igc_conv_triton_backward(
             return (triton.cdiv(P, meta["BLOCK_P"]),)
 
         wrap_triton(igc_bwd_kernel)[grid](
-            grad_out, x, w1c, b1c, w2c, o,
+            grad_out, x, w1p, b1c, w2c, o,
             gy1, gw1, gb1, gw2, gb2,
             P, h, w, ho, wo,
             *x.stride(), *grad_out.stride(), *o.stride(),
             *_conv_args(stride, padding, dilation),
-            L=sz["L"], M=sz["M"], M_IN=sz["M_IN"], KH=sz["KH"], KW=sz["KW"],
-            LP=sz["LP"], MP=triton.next_power_of_2(sz["M"]),
+            **sz,
             HAS_B1=b1 is not None, SHUFFLE=bool(shuffle), ACT=int(activation),
             DOT_PRECISION=_dot_precision(x.dtype),
             NEED_GY1=need_x, NEED_W1=need_w1, NEED_B1=need_b1, NEED_W2=need_w2, NEED_B2=need_b2,
@@ -160,17 +185,17 @@ def igc_conv_triton_backward(
                 return (triton.cdiv(Q, meta["BLOCK_Q"]),)
 
             wrap_triton(igc_bwd_input_kernel)[grid_x](
-                gy1, w1c, gx,
+                gy1, w1p, gx,
                 Q, h, w, ho, wo,
                 *gx.stride(),
                 *_conv_args(stride, padding, dilation),
-                L=sz["L"], M=sz["M"], M_IN=sz["M_IN"], KH=sz["KH"], KW=sz["KW"],
-                LP=sz["LP"], CIP=triton.next_power_of_2(sz["M_IN"]),
+                **sz, DOT_PRECISION=_dot_precision(x.dtype),
             )
     # Unrequested gradients are distinct 0-element tensors (a custom op's outputs may not alias).
     return (
         gx,
-        gw1.to(w1.dtype) if need_w1 else x.new_empty((0,)),
+        unpack_w1(gw1.view(sz["KH"] * sz["KW"], sz["QP"], sz["KP"], -1), sz, w1.shape).to(w1.dtype)
+        if need_w1 else x.new_empty((0,)),
         gb1.to(x.dtype) if need_b1 else x.new_empty((0,)),
         gw2.to(w2.dtype) if need_w2 else x.new_empty((0,)),
         gb2.to(x.dtype) if need_b2 else x.new_empty((0,)),

@@ -30,34 +30,80 @@ from . import configs
 
 
 @triton.jit
-def _primary_tile(
-    x_ptr, w1_ptr, b1_ptr,
-    n, ho, wo, pmask, l, m, lmask, mmask,
+def _pack_channels(QP: tl.constexpr, KP: tl.constexpr, G: tl.constexpr, L: tl.constexpr,
+                   M_IN: tl.constexpr, MINP: tl.constexpr):
+    """Input channel of each packed column: ch[q, 0, k] = (q*G + g)*M_in + ci for k = g*MINP + ci,
+    and which columns are real (not padding)."""
+    q = tl.arange(0, QP)[:, None, None]
+    k = tl.arange(0, KP)[None, None, :]
+    if M_IN == MINP:
+        ch = q * (G * M_IN) + k  # stays provably contiguous along k: vector loads in channels_last
+        kmask = (k < G * M_IN) & (ch < L * M_IN)
+    else:
+        ch = (q * G + k // MINP) * M_IN + k % MINP
+        kmask = (k < G * MINP) & (k % MINP < M_IN) & (q * G + k // MINP < L)
+    return ch, kmask
+
+
+@triton.jit
+def _load_tap(x_img, ho, wo, pmask, ch, kmask, H, W, sxc, sxh, sxw,
+              stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh: tl.constexpr, kw: tl.constexpr):
+    """The x operand of one tap, [QP, P, KP]: x at the tap's input pixel, packed channels; pads are 0."""
+    hi = ho * stride_h - pad_h + kh * dil_h
+    wi = wo * stride_w - pad_w + kw * dil_w
+    ok = pmask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+    x_pix = x_img + hi * sxh + wi * sxw
+    return tl.load(x_pix[None, :, None] + ch * sxc, mask=ok[None, :, None] & kmask, other=0.0)
+
+
+@triton.jit
+def _weight_offsets(QP: tl.constexpr, KP: tl.constexpr, NP: tl.constexpr):
+    """Offsets of one tap's packed weights [QP, KP, NP] (see pack_w1)."""
+    return (tl.arange(0, QP)[:, None, None] * KP + tl.arange(0, KP)[None, :, None]) * NP \
+        + tl.arange(0, NP)[None, None, :]
+
+
+@triton.jit
+def _interleave(acc, b1_ptr, L: tl.constexpr, M: tl.constexpr, G: tl.constexpr, QP: tl.constexpr,
+                MP: tl.constexpr, HAS_B1: tl.constexpr, BLOCK_P: tl.constexpr):
+    """acc[q, p, g*MP + m] (y1 of group l = q*G + g, member m) -> z[m, p, l], plus b1."""
+    z = tl.reshape(tl.permute(tl.reshape(acc, (QP, BLOCK_P, G, MP)), (3, 1, 0, 2)), (MP, BLOCK_P, QP * G))
+    if HAS_B1:
+        m = tl.arange(0, MP)[:, None, None]
+        l = tl.arange(0, QP * G)[None, None, :]
+        z += tl.load(b1_ptr + l * M + m, mask=(m < M) & (l < L), other=0.0).to(tl.float32)
+    return z
+
+
+@triton.jit
+def _primary_z(
+    x_ptr, w1p_ptr, b1_ptr,
+    n, ho, wo, pmask,
     H, W, sxn, sxc, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    M: tl.constexpr, M_IN: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    HAS_B1: tl.constexpr, BLOCK_P: tl.constexpr, LP: tl.constexpr, MP: tl.constexpr,
+    L: tl.constexpr, M: tl.constexpr, M_IN: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    G: tl.constexpr, QP: tl.constexpr, KP: tl.constexpr, MINP: tl.constexpr, MP: tl.constexpr,
+    HAS_B1: tl.constexpr, BLOCK_P: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """y1[p, l, m] (fp32) of the primary grouped conv for one pixel tile; pads are zero."""
-    acc = tl.zeros((BLOCK_P, LP, MP), dtype=tl.float32)
-    c1 = l[:, None] * M + m[None, :]  # primary output channel of (l, m)
-    wmask = lmask[:, None] & mmask[None, :]
+    """The primary conv of one pixel tile, returned interleaved: z[m, p, l] = y1[p, l*M + m] (fp32).
+
+    G primary groups are packed into one block-diagonal [G*M_in, G*M] tile per tap (see
+    pack_w1), so that each tap is one batched tl.dot over the QP packs: [QP, P, KP] x [QP, KP, NP]
+    with every dimension >= 16. The x operand of a pack is G*M_in consecutive channels, which
+    channels_last makes contiguous (vector loads)."""
+    NP: tl.constexpr = G * MP
+    ch, kmask = _pack_channels(QP, KP, G, L, M_IN, MINP)
+    w_off = _weight_offsets(QP, KP, NP)
+    dt = x_ptr.dtype.element_ty
+    acc = tl.zeros((QP, BLOCK_P, NP), dtype=tl.float32)
     x_img = x_ptr + n * sxn  # n is int64: batch offsets may pass 2**31 elements
     for kh in tl.static_range(KH):
-        hi = ho * stride_h - pad_h + kh * dil_h
-        h_ok = pmask & (hi >= 0) & (hi < H)
         for kw in tl.static_range(KW):
-            wi = wo * stride_w - pad_w + kw * dil_w
-            ok = h_ok & (wi >= 0) & (wi < W)
-            x_pix = x_img + hi * sxh + wi * sxw
-            xmask = ok[:, None] & lmask[None, :]
-            for ci in range(M_IN):
-                xv = tl.load(x_pix[:, None] + (l * M_IN + ci)[None, :] * sxc, mask=xmask, other=0.0)
-                wv = tl.load(w1_ptr + ((c1 * M_IN + ci) * KH + kh) * KW + kw, mask=wmask, other=0.0)
-                acc += xv.to(tl.float32)[:, :, None] * wv.to(tl.float32)[None, :, :]
-    if HAS_B1:
-        acc += tl.load(b1_ptr + c1, mask=wmask, other=0.0).to(tl.float32)[None, :, :]
-    return acc
+            a = _load_tap(x_img, ho, wo, pmask, ch, kmask, H, W, sxc, sxh, sxw,
+                          stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw)
+            b = tl.load(w1p_ptr + (kh * KW + kw) * (QP * KP * NP) + w_off)
+            acc = tl.dot(a.to(dt), b.to(dt), acc, input_precision=DOT_PRECISION)
+    return _interleave(acc, b1_ptr, L, M, G, QP, MP, HAS_B1, BLOCK_P)
 
 
 @triton.jit
@@ -70,34 +116,34 @@ def _pixels(pid, P, HO, WO, BLOCK_P: tl.constexpr):
     return p, p < P, n, ho, wo
 
 
-@triton.autotune(configs=configs.forward(), key=["P", "L", "M", "M_IN", "KH", "KW"])
+@triton.autotune(configs=configs.forward(), key=["P", "L", "M", "M_IN", "KH", "KW", "sxc"])
 @triton.jit
 def igc_fwd_kernel(
-    x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, res_ptr, out_ptr,
+    x_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, res_ptr, out_ptr,
     P, H, W, HO, WO,
     sxn, sxc, sxh, sxw,
     son, soc, soh, sow,
     srn, src, srh, srw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     L: tl.constexpr, M: tl.constexpr, M_IN: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    LP: tl.constexpr, MP: tl.constexpr,
+    G: tl.constexpr, QP: tl.constexpr, KP: tl.constexpr, MINP: tl.constexpr, MP: tl.constexpr,
     HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_RES: tl.constexpr,
     SHUFFLE: tl.constexpr, ACT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
     p, pmask, n, ho, wo = _pixels(tl.program_id(0), P, HO, WO, BLOCK_P)
+    LP: tl.constexpr = QP * G
     l = tl.arange(0, LP)
     m = tl.arange(0, MP)
     lmask = l < L
     mmask = m < M
-    y1 = _primary_tile(
-        x_ptr, w1_ptr, b1_ptr, n, ho, wo, pmask, l, m, lmask, mmask,
-        H, W, sxn, sxc, sxh, sxw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-        M, M_IN, KH, KW, HAS_B1, BLOCK_P, LP, MP,
-    )
-    # Interleave: secondary group m reads member m of every primary group -> [m, p, l].
+    # Interleave: secondary group m reads member m of every primary group -> z[m, p, l].
     # Rounded to the input dtype like the stock path (tensor cores take fp16/bf16 operands).
-    z = tl.permute(y1, (2, 0, 1)).to(x_ptr.dtype.element_ty)
+    z = _primary_z(
+        x_ptr, w1p_ptr, b1_ptr, n, ho, wo, pmask,
+        H, W, sxn, sxc, sxh, sxw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+        L, M, M_IN, KH, KW, G, QP, KP, MINP, MP, HAS_B1, BLOCK_P, DOT_PRECISION,
+    ).to(x_ptr.dtype.element_ty)
     j = l  # secondary output index inside group m; same padded range as l
     m3 = m[:, None, None]
     # B[m, l, j] = w2[m*L + j, l]
@@ -127,13 +173,13 @@ def igc_fwd_kernel(
 
 @triton.autotune(
     configs=configs.backward(),
-    key=["P", "L", "M", "M_IN", "KH", "KW"],
+    key=["P", "L", "M", "M_IN", "KH", "KW", "sxc"],
     # The weight/bias gradients are accumulated with atomics: every benchmarked run must start at 0.
     reset_to_zero=["gw1_ptr", "gb1_ptr", "gw2_ptr", "gb2_ptr"],
 )
 @triton.jit
 def igc_bwd_kernel(
-    g_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, out_ptr,
+    g_ptr, x_ptr, w1p_ptr, b1_ptr, w2_ptr, out_ptr,
     gy1_ptr, gw1_ptr, gb1_ptr, gw2_ptr, gb2_ptr,
     P, H, W, HO, WO,
     sxn, sxc, sxh, sxw,
@@ -141,7 +187,7 @@ def igc_bwd_kernel(
     son, soc, soh, sow,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     L: tl.constexpr, M: tl.constexpr, M_IN: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    LP: tl.constexpr, MP: tl.constexpr,
+    G: tl.constexpr, QP: tl.constexpr, KP: tl.constexpr, MINP: tl.constexpr, MP: tl.constexpr,
     HAS_B1: tl.constexpr, SHUFFLE: tl.constexpr, ACT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     NEED_GY1: tl.constexpr, NEED_W1: tl.constexpr, NEED_B1: tl.constexpr,
     NEED_W2: tl.constexpr, NEED_B2: tl.constexpr,
@@ -150,6 +196,7 @@ def igc_bwd_kernel(
     """Per output-pixel tile: dL/ds (masked by ReLU), the b2/w2/b1/w1 gradients (atomics into
     fp32 buffers) and dL/dy1 for the input-gradient kernel (stored as [pixel, l*M + m])."""
     p, pmask, n, ho, wo = _pixels(tl.program_id(0), P, HO, WO, BLOCK_P)
+    LP: tl.constexpr = QP * G
     l = tl.arange(0, LP)
     m = tl.arange(0, MP)
     lmask = l < L
@@ -174,19 +221,7 @@ def igc_bwd_kernel(
     if NEED_B2:
         tl.atomic_add(gb2_ptr + m[:, None] * L + j[None, :], tl.sum(gs, axis=1), mask=cmask2, sem="relaxed")
     dt = x_ptr.dtype.element_ty
-    if NEED_W2:
-        y1 = _primary_tile(
-            x_ptr, w1_ptr, b1_ptr, n, ho, wo, pmask, l, m, lmask, mmask,
-            H, W, sxn, sxc, sxh, sxw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-            M, M_IN, KH, KW, HAS_B1, BLOCK_P, LP, MP,
-        )
-        z = tl.permute(y1, (2, 0, 1)).to(dt)  # [m, p, l]
-        # dw2[m*L + j, l] = sum_p gs[m, p, j] * z[m, p, l]
-        gw2 = tl.dot(tl.permute(gs.to(dt), (0, 2, 1)), z, input_precision=DOT_PRECISION, out_dtype=tl.float32)
-        tl.atomic_add(
-            gw2_ptr + (m3 * L + j[None, :, None]) * L + l[None, None, :], gw2,
-            mask=mmask[:, None, None] & lmask[None, :, None] & lmask[None, None, :], sem="relaxed",
-        )
+    NP: tl.constexpr = G * MP
     if NEED_GY1 or NEED_W1 or NEED_B1:
         # Bt[m, j, l] = w2[m*L + j, l];  dL/dz[m, p, l] = sum_j gs[m, p, j] * w2[m*L + j, l]
         w2t = tl.load(
@@ -206,51 +241,76 @@ def igc_bwd_kernel(
                 mask=cmask2[:, None, :] & pmask[None, :, None],
             )
         if NEED_W1:
-            gy1 = tl.permute(gz, (1, 2, 0))  # [p, l, m]
-            c1t = l[:, None] * M + m[None, :]
-            wmask = lmask[:, None] & mmask[None, :]
-            x_img = x_ptr + n * sxn
-            for kh in tl.static_range(KH):
-                hi = ho * stride_h - pad_h + kh * dil_h
-                h_ok = pmask & (hi >= 0) & (hi < H)
-                for kw in tl.static_range(KW):
-                    wi = wo * stride_w - pad_w + kw * dil_w
-                    ok = h_ok & (wi >= 0) & (wi < W)
-                    x_pix = x_img + hi * sxh + wi * sxw
-                    xmask = ok[:, None] & lmask[None, :]
-                    for ci in range(M_IN):
-                        xv = tl.load(x_pix[:, None] + (l * M_IN + ci)[None, :] * sxc, mask=xmask, other=0.0)
-                        part = tl.sum(gy1 * xv.to(tl.float32)[:, :, None], axis=0)  # [l, m]
-                        tl.atomic_add(
-                            gw1_ptr + ((c1t * M_IN + ci) * KH + kh) * KW + kw, part, mask=wmask, sem="relaxed"
-                        )
+            # dL/dy1 packed like the primary's output: gyq[q, p, g*MP + m] for l = q*G + g
+            gyq = tl.reshape(tl.permute(tl.reshape(gz, (MP, BLOCK_P, QP, G)), (2, 1, 3, 0)), (QP, BLOCK_P, NP))
+            gyq = gyq.to(dt)
+    if NEED_W1 or NEED_W2:
+        # One pass over the taps: recompute y1 (for dw2) and reduce dw1, from the same x loads.
+        ch, kmask = _pack_channels(QP, KP, G, L, M_IN, MINP)
+        w_off = _weight_offsets(QP, KP, NP)
+        kk = tl.arange(0, KP)[None, :, None]
+        nn = tl.arange(0, NP)[None, None, :]
+        qq = tl.arange(0, QP)[:, None, None]
+        # Only the block diagonal of a packed tile is a weight: g(k) == g(n).
+        diag = (kk // MINP == nn // MP) & (kk < G * MINP) & (kk % MINP < M_IN) & (nn % MP < M) \
+            & (qq * G + kk // MINP < L)
+        acc = tl.zeros((QP, BLOCK_P, NP), dtype=tl.float32)
+        x_img = x_ptr + n * sxn
+        for kh in tl.static_range(KH):
+            for kw in tl.static_range(KW):
+                a = _load_tap(x_img, ho, wo, pmask, ch, kmask, H, W, sxc, sxh, sxw,
+                              stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw).to(dt)
+                tap = (kh * KW + kw) * (QP * KP * NP)
+                if NEED_W2:
+                    acc = tl.dot(a, tl.load(w1p_ptr + tap + w_off).to(dt), acc, input_precision=DOT_PRECISION)
+                if NEED_W1:
+                    part = tl.dot(tl.permute(a, (0, 2, 1)), gyq, input_precision=DOT_PRECISION, out_dtype=tl.float32)
+                    tl.atomic_add(gw1_ptr + tap + w_off, part, mask=diag, sem="relaxed")
+        if NEED_W2:
+            z = _interleave(acc, b1_ptr, L, M, G, QP, MP, HAS_B1, BLOCK_P).to(dt)  # recomputed [m, p, l]
+            # dw2[m*L + j, l] = sum_p gs[m, p, j] * z[m, p, l]
+            gw2 = tl.dot(tl.permute(gs.to(dt), (0, 2, 1)), z, input_precision=DOT_PRECISION, out_dtype=tl.float32)
+            tl.atomic_add(
+                gw2_ptr + (m3 * L + j[None, :, None]) * L + l[None, None, :], gw2,
+                mask=mmask[:, None, None] & lmask[None, :, None] & lmask[None, None, :], sem="relaxed",
+            )
 
 
-@triton.autotune(configs=configs.input_grad(), key=["Q", "L", "M", "M_IN", "KH", "KW"])
+@triton.autotune(configs=configs.input_grad(), key=["Q", "L", "M", "M_IN", "KH", "KW", "sxc"])
 @triton.jit
 def igc_bwd_input_kernel(
-    gy1_ptr, w1_ptr, gx_ptr,
+    gy1_ptr, w1p_ptr, gx_ptr,
     Q, H, W, HO, WO,
     sxn, sxc, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     L: tl.constexpr, M: tl.constexpr, M_IN: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    LP: tl.constexpr, CIP: tl.constexpr,
+    G: tl.constexpr, QP: tl.constexpr, KP: tl.constexpr, MINP: tl.constexpr, MP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_Q: tl.constexpr,
 ):
     """dL/dx as a gather over output pixels (a transposed grouped conv): each input pixel sums
-    the taps that reach it, so there are no atomics and the result is deterministic."""
-    q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    qmask = q < Q
-    wi = q % W
-    t = q // W
+    the taps that reach it, so there are no atomics and the result is deterministic. Per tap it is
+    the primary's packed product transposed: [QP, P, NP] x [QP, NP, KP]."""
+    NP: tl.constexpr = G * MP
+    C: tl.constexpr = L * M
+    qpix = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    qmask = qpix < Q
+    wi = qpix % W
+    t = qpix // W
     hi = t % H
     n = (t // H).to(tl.int64)
-    l = tl.arange(0, LP)
-    ci = tl.arange(0, CIP)
-    lmask = l < L
-    wmask = lmask[:, None] & (ci < M_IN)[None, :]
-    C = L * M
-    acc = tl.zeros((BLOCK_Q, LP, CIP), dtype=tl.float32)
+    pk = tl.arange(0, QP)[:, None, None]
+    nn = tl.arange(0, NP)[None, None, :]
+    if M == MP:
+        c1 = pk * (G * M) + nn  # contiguous along nn: vector loads of dL/dy1
+        nmask = c1 < C
+    else:
+        c1 = (pk * G + nn // MP) * M + nn % MP
+        nmask = (nn % MP < M) & (pk * G + nn // MP < L)
+    # The packed weights of a tap, transposed: [QP, NP, KP]
+    wt_off = (pk * KP + tl.arange(0, KP)[None, None, :]) * NP + tl.arange(0, NP)[None, :, None]
+    dt = gx_ptr.dtype.element_ty
+    acc = tl.zeros((QP, BLOCK_Q, KP), dtype=tl.float32)
     for kh in tl.static_range(KH):
         h_num = hi + pad_h - kh * dil_h
         ho = h_num // stride_h
@@ -260,16 +320,9 @@ def igc_bwd_input_kernel(
             wo = w_num // stride_w
             ok = h_ok & (w_num >= 0) & (w_num % stride_w == 0) & (wo < WO)
             row = ((n * HO + ho) * WO + wo) * C
-            gmask = ok[:, None] & lmask[None, :]
-            for mm in range(M):
-                c1 = l * M + mm
-                gv = tl.load(gy1_ptr + row[:, None] + c1[None, :], mask=gmask, other=0.0)
-                wv = tl.load(w1_ptr + ((c1[:, None] * M_IN + ci[None, :]) * KH + kh) * KW + kw, mask=wmask, other=0.0)
-                acc += gv.to(tl.float32)[:, :, None] * wv.to(tl.float32)[None, :, :]
+            a = tl.load(gy1_ptr + row[None, :, None] + c1, mask=ok[None, :, None] & nmask, other=0.0)
+            b = tl.load(w1p_ptr + (kh * KW + kw) * (QP * KP * NP) + wt_off)
+            acc = tl.dot(a.to(dt), b.to(dt), acc, input_precision=DOT_PRECISION)
+    ch, kmask = _pack_channels(QP, KP, G, L, M_IN, MINP)
     x_pix = n * sxn + hi * sxh + wi * sxw
-    cin = l[:, None] * M_IN + ci[None, :]
-    tl.store(
-        gx_ptr + x_pix[:, None, None] + cin[None, :, :] * sxc,
-        acc.to(gx_ptr.dtype.element_ty),
-        mask=qmask[:, None, None] & wmask[None, :, :],
-    )
+    tl.store(gx_ptr + x_pix[None, :, None] + ch * sxc, acc.to(dt), mask=qmask[None, :, None] & kmask)
