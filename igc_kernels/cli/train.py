@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from ..sr.checkpoint import CheckpointError
-from ..sr.train import AMP_MODES, DEFAULT_TRAIN_FOLDERS, LOSSES, TrainConfig, TrainError, train
+from ..sr.train import AMP_MODES, DEFAULT_TRAIN_FOLDERS, LOSSES, TrainConfig, TrainError, export_checkpoint, train
 
 ARCH_CHOICES = ("igc_vdsr_s1", "igc_vdsr_s2", "igc_vdsr_s3", "vdsr")
 
@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out-dir", default=d.out_dir, help="checkpoint, CSV log, run info and final weights (default %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.ckpt if it exists")
     g.add_argument("--weights-out", default=None, help="where to write the final safetensors (default <out-dir>/weights.safetensors)")
+    g.add_argument("--export-only", action="store_true",
+                   help="do not train: write weights from <out-dir>/checkpoint.ckpt (same model options as the run)")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N (default %(default)s)")
     g.add_argument("--amp", choices=AMP_MODES, default=d.amp,
@@ -93,6 +95,9 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.export_only:
+            print(f"igc-train: weights written to {export_checkpoint(config_from_args(args))}")
+            return 0
         summary = train(config_from_args(args))
     except (TrainError, CheckpointError, FileNotFoundError) as e:
         print(f"igc-train: error: {e}", file=sys.stderr)
