@@ -12,20 +12,13 @@ import torch
 import triton
 from torch.library import triton_op, wrap_triton
 
-from igc_kernels.ops.autograd import output_shape, register
+from igc_kernels.ops.autograd import memory_format_of, output_shape, register
 from igc_kernels.ops.validate import check_igc_args
 
 from .kernels import igc_bwd_input_kernel, igc_bwd_kernel, igc_fwd_kernel
 
 FORWARD = "igc_kernels::igc_conv_triton"
 BACKWARD = "igc_kernels::igc_conv_triton_backward"
-
-
-def memory_format_of(x: torch.Tensor) -> torch.memory_format:
-    """x's layout (outputs follow it): channels_last when its strides say so, else NCHW."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -64,11 +57,14 @@ def pack_w1(w1: torch.Tensor, sz: dict) -> torch.Tensor:
 
 
 def unpack_w1(packed: torch.Tensor, sz: dict, shape: torch.Size) -> torch.Tensor:
-    """Inverse of pack_w1 on the block diagonal: (kH*kW, QP, KP, NP) -> w1's shape."""
-    valid, c1, ci = _pack_index(sz, packed.device)
-    out = packed.new_zeros(shape[0], shape[1], shape[2] * shape[3])
-    out[c1[valid], ci[valid]] = packed.permute(1, 2, 3, 0)[valid]
-    return out.reshape(shape)
+    """Inverse of pack_w1 (a gather from the block diagonal): (kH*kW, QP, KP, NP) -> w1's shape."""
+    M, G, MINP, MP = sz["M"], sz["G"], sz["MINP"], sz["MP"]
+    c1 = torch.arange(shape[0], device=packed.device)[:, None]
+    ci = torch.arange(shape[1], device=packed.device)[None, :]
+    l, m = c1 // M, c1 % M
+    q, g = l // G, l % G
+    taps = packed[:, q, g * MINP + ci, g * MP + m]  # (kH*kW, C, M_in): static shapes for torch.compile
+    return taps.permute(1, 2, 0).reshape(shape).contiguous()
 
 
 def _conv_args(stride, padding, dilation) -> tuple[int, ...]:
