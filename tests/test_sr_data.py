@@ -134,3 +134,19 @@ def test_patch_dataset_errors(tmp_path, rng):
         PatchDataset(tmp_path)
     with pytest.raises(ValueError, match="patch_size must be a positive int"):
         PatchDataset(tmp_path, patch_size=0)
+
+
+def test_patch_dataset_on_mixed_modes(tmp_path, rng):
+    rgb = smooth_rgb(rng, 40, 40)
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "a_gray.png")
+    Image.fromarray(np.dstack([rgb, rgb[..., 1]]), "RGBA").save(tmp_path / "b_rgba.png")
+    Image.fromarray(rgb).quantize(32).save(tmp_path / "c_pal.png")
+    g16 = (smooth_rgb(rng, 40, 40)[..., 2].astype(np.uint16) * 257 + rng.integers(0, 257, size=(40, 40))).astype(np.uint16)
+    Image.fromarray(g16).save(tmp_path / "d_16bit.png")
+    (tmp_path / "e_corrupt.png").write_bytes(b"GIF89a")
+    with pytest.warns(UserWarning, match="e_corrupt.png"):
+        ds = PatchDataset(tmp_path, scales=2, patch_size=20, augment=False)
+    assert [p.split("/")[-1] for p in ds.paths] == ["a_gray.png", "b_rgba.png", "c_pal.png", "d_16bit.png"]
+    assert len(ds) == 4 * 4
+    np.testing.assert_allclose(ds[12][1][0].numpy(), g16[:20, :20] / 257.0 / 255.0, atol=1e-6)  # 16-bit kept
+    np.testing.assert_allclose(ds[0][1][0].numpy(), rgb[:20, :20, 0] / 255.0, atol=1e-6)  # gray raw

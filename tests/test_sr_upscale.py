@@ -139,9 +139,22 @@ def test_eval_command(tmp_path, capsys, weights_file):
     assert "| Set5 | x4 | 5 |" in md.read_text()
     rows = csv.read_text().splitlines()
     assert rows[0] == "model,dataset,scale,image,psnr,ssim" and len(rows) == 1 + 5 + 1
-    rc = eval_main(["--weights", str(wpath), "--data", benchmark_folder("Set5"), "--scales", "2", "--tile", "64",
+    rc = eval_main(["--weights", str(wpath), "--data", benchmark_folder("Set5"), "--scales", "4", "--tile", "48",
                     "--no-progress"])
     assert rc == 0
     assert "Model: vdsr" in capsys.readouterr().out
     assert eval_main(["--model", "bicubic", "--data", str(tmp_path / "nope")]) == 2
     assert "folder not found" in capsys.readouterr().err
+
+
+def test_reduced_precision_tiles():
+    """bfloat16 compute (CPU stand-in for the GPU fp16/bf16 option): close to fp32, and the
+    model/compute dtype mismatch is a clear error."""
+    torch.manual_seed(2)
+    m = build_model("vdsr", channels=16, depth=6).eval()
+    x = torch.rand(1, 1, 40, 44)
+    ref = run_tiled(m, x, tile=None)
+    low = run_tiled(m.to(torch.bfloat16), x, tile=24)
+    assert low.dtype == torch.float32 and (low - ref).abs().max() < 0.05
+    with pytest.raises(ValueError, match="differs from the model's"):
+        run_tiled(m, x, dtype=torch.float16)

@@ -75,6 +75,11 @@ def load_model(args, device: torch.device):
     return model, meta, label
 
 
+def prepare_model(model, dtype: torch.dtype):
+    """Cast a loaded model to the compute dtype (float16/bfloat16 inference on GPU)."""
+    return None if model is None else model.to(dtype)
+
+
 def run_main(fn, argv) -> int:
     """Call fn(argv); turn UserError (and Ctrl-C) into a one-line message and an exit status."""
     try:

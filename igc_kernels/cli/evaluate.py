@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from . import UserError, add_model_args, load_model, resolve_device, resolve_dtype, run_main
+from . import UserError, add_model_args, load_model, prepare_model, resolve_device, resolve_dtype, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +49,7 @@ def _main(argv) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     model, meta, label = load_model(args, device)
+    model = prepare_model(model, dtype)
     folders = args.data or [benchmark_folder("Set5"), benchmark_folder("Set14")]
     for f in folders:
         if not os.path.isdir(f):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import UserError, add_model_args, load_model, resolve_device, resolve_dtype, run_main
+from . import UserError, add_model_args, load_model, prepare_model, resolve_device, resolve_dtype, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +42,7 @@ def _main(argv) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from e
     model, meta, label = load_model(args, device)
+    model = prepare_model(model, dtype)
     trained = meta.get("scales")
     if trained and args.scale not in trained:
         print(f"warning: {label} was trained for scales {trained}, not {args.scale}", file=sys.stderr)

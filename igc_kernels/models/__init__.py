@@ -3,6 +3,24 @@
     from igc_kernels.models import build_model
     net = build_model("igc_vdsr_s1")          # 20 layers, 96 channels, 18 IGC layers
     sr = net(bicubic_y)                        # (N, 1, H, W) in, same shape out
+
+Parameters (weights + biases; ``count_parameters``), beside the paper's Table 1 ("para", which
+matches fp32 file size in KiB: VDSR's 665,921 parameters are 2,601 KiB against 2,605 listed):
+
+    arch          layers (middle 18)        parameters   fp32 KiB   paper Table 1
+    igc_vdsr_s1   18 IGC                       107,233        419        578 KB
+    igc_vdsr_s2   14 IGC + 4 dense (n=3)       415,969      1,625      1,748 KB
+    igc_vdsr_s3   16 IGC + 2 dense (n=6)       261,601      1,022      1,163 KB
+    vdsr          18 dense (64 channels)       665,921      2,601      2,605 KB
+
+The IGC layer here has the paper's own count (section 3.2: (M*f*f*M)*L + (L*L)*M = 3,456 +
+2,304 = 5,760 weights, + 96 biases). The paper's sizes imply a bigger IGC layer: s2 - s1 = 1,170
+KiB and s3 - s1 = 585 KiB are exactly 4 and 2 swaps of an IGC layer of 8,160 parameters for a
+dense 96->96 layer of 83,040 (4 x 74,880 x 4 B = 1,170 KiB), and 18 x 8,160 + head + tail is
+~581 KiB (s1: 578). 8,160 = 8,064 weights + 96 biases, which is what L = 12 primary groups of
+M = 8 channels would give (6,912 + 1,152), or the paper's 5,760 plus one more 2,304-weight 1x1
+group conv; the text does not say which. The depth/regular-conv layout (4 and 2 dense layers
+in s2 and s3) is confirmed by those differences.
 """
 
 from __future__ import annotations

@@ -53,15 +53,19 @@ def run_tiled(
     """``model(x)`` for x ``(1, 1, H, W)``, computed tile by tile (``tile`` x ``tile`` cores).
 
     tile=None or 0 runs the whole image at once. ``context`` defaults to the model's receptive
-    radius (exact result). ``dtype`` (e.g. torch.float16 on GPU) is the compute dtype; the
-    result is float32 on x's device. ``progress``: optional callable(n_done_tiles).
+    radius (exact result). ``dtype`` (e.g. torch.float16 on GPU) is the compute dtype and must be
+    the model's parameter dtype (default: it); the result is float32 on x's device. ``progress``: optional callable(n_done_tiles).
     """
     if x.dim() != 4 or x.shape[:2] != (1, 1):
         raise ValueError(f"x must be (1, 1, H, W), got {tuple(x.shape)}")
     context = model_context(model) if context is None else context
     if context < 0:
         raise ValueError(f"context must be >= 0, got {context}")
-    dtype = dtype or x.dtype
+    param = next(model.parameters(), None)
+    model_dtype = param.dtype if param is not None else x.dtype
+    dtype = dtype or model_dtype
+    if dtype != model_dtype:
+        raise ValueError(f"compute dtype {dtype} differs from the model's {model_dtype}; call model.to({dtype}) first")
     h, w = x.shape[-2:]
     if not tile or (h <= tile and w <= tile):
         return model(x.to(dtype)).float()
