@@ -1,9 +1,10 @@
 // The fused CPU kernels of igc_kernels::igc_conv and igc_conv_backward.
 //
-// One work item is one output row (n, oy). Its input rows are packed once per item into
-// "phase buffers" (packing reads any strides, converts bf16 -> fp32 and writes explicit zero
-// padding), so every tap (ci, kh, kw) of the primary conv is a plain pointer into our own padded
-// buffer and the layer becomes two small GEMMs per pixel segment (kernels.h):
+// One work item is one output row (n, oy). Its input rows are packed into "phase buffers"
+// (packing reads any strides, converts bf16 -> fp32 and writes explicit zero padding; each thread
+// keeps the last kH packed rows, so an input row is packed about once), so every tap
+// (ci, kh, kw) of the primary conv is a plain pointer into our own padded buffer and the layer
+// becomes two small GEMMs per pixel segment (kernels.h):
 //   primary, per group l:   y1[l*M+m][ox]  = b1 + sum_{ci,kh,kw} w1 * src_(ci,kh,kw)[ox]
 //   secondary, per group m: s[m*L+j][ox]   = b2 + sum_l w2[m*L+j][l] * y1[l*M+m][ox]
 // with the output shuffle, residual and activation applied when s is stored. The y1 tile of one
@@ -69,10 +70,10 @@ struct Layer {
   IGCConvParams p;
   int64_t K1 = 0;  // taps per primary output: M_in * kH * kW
   int64_t Wp = 0;  // packed row length
-  int64_t n_rows = 0;  // packed rows: C_in * kH * sW
+  int64_t slot = 0;  // one packed input row, all channels and phases: C_in * sW * Wp
   std::vector<S> w1, w1T, w2, w2T, b1, b2;  // w1T[l][k][m], w2T[m][l][j] (rows-GEMM layouts)
   std::vector<int64_t> c2_of_oc;            // secondary channel feeding output channel oc
-  std::vector<int64_t> src_off;             // tap (c, kh, kw) -> offset into the packed buffer
+  std::vector<int64_t> tap_off, tap_kh;     // tap (c, kh, kw) -> offset in its packed row, kh
 
   Layer(const IGCConvParams& pp, const Tensor& w1t, const c10::optional<Tensor>& b1t, const Tensor& w2t,
         const c10::optional<Tensor>& b2t)
@@ -85,7 +86,7 @@ struct Layer {
     const int64_t L = p.L, M = p.M;
     K1 = p.M_in * p.kH * p.kW;
     Wp = round_up(p.W_out + (p.dW * (p.kW - 1)) / p.sW + kLanes, kLanes);
-    n_rows = p.C_in * p.kH * p.sW;
+    slot = p.C_in * p.sW * Wp;
     w1 = vec(w1t);
     w2 = vec(w2t);
     if (b1t) b1 = vec(*b1t);
@@ -101,61 +102,110 @@ struct Layer {
     c2_of_oc.resize(p.C_out);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t j = 0; j < L; ++j) c2_of_oc[p.out_channel(m, j)] = m * L + j;
-    src_off.resize(p.C_in * p.kH * p.kW);
+    tap_off.resize(p.C_in * p.kH * p.kW);
+    tap_kh.resize(tap_off.size());
     for (int64_t c = 0; c < p.C_in; ++c)
       for (int64_t kh = 0; kh < p.kH; ++kh)
         for (int64_t kw = 0; kw < p.kW; ++kw) {
           const int64_t r = (kw * p.dW) % p.sW, shift = (kw * p.dW) / p.sW;
-          src_off[(c * p.kH + kh) * p.kW + kw] = ((c * p.kH + kh) * p.sW + r) * Wp + shift;
+          tap_off[(c * p.kH + kh) * p.kW + kw] = (c * p.sW + r) * Wp + shift;
+          tap_kh[(c * p.kH + kh) * p.kW + kw] = kh;
         }
   }
 };
 
-// Packs the input rows of output row (n, oy): row ((c*kH + kh)*sW + r), element j holds
-// x[n, c, oy*sH - pH + kh*dH, j*sW + r - pW], zero outside the image.
+// Packs input row (n, iy) (iy < 0: a zero row): row (c*sW + r) of dst, element j, holds
+// x[n, c, iy, j*sW + r - pW], zero outside the image.
 template <typename T, typename S>
-void pack_rows(const Layer<S>& g, const T* x, const Str& xs, int64_t n, int64_t oy, S* packed) {
+void pack_row(const Layer<S>& g, const T* x, const Str& xs, int64_t n, int64_t iy, S* dst) {
   const IGCConvParams& p = g.p;
   const int64_t Wp = g.Wp;
-  auto row = [&](int64_t c, int64_t kh, int64_t r) { return packed + ((c * p.kH + kh) * p.sW + r) * Wp; };
-  for (int64_t kh = 0; kh < p.kH; ++kh) {
-    const int64_t iy = oy * p.sH - p.pH + kh * p.dH;
-    if (iy < 0 || iy >= p.H) {
-      for (int64_t c = 0; c < p.C_in; ++c)
-        for (int64_t r = 0; r < p.sW; ++r) std::fill(row(c, kh, r), row(c, kh, r) + Wp, S(0));
-      continue;
-    }
-    const T* xr = x + n * xs.n + iy * xs.h;
-    if (xs.c == 1 && p.C_in > 1) {  // channels_last: read pixels contiguously, scatter to rows
-      for (int64_t r = 0; r < p.sW; ++r)
-        for (int64_t j = 0; j < Wp; ++j) {
-          const int64_t ix = j * p.sW + r - p.pW;
-          const bool in = ix >= 0 && ix < p.W;
-          const T* xp = xr + (in ? ix * xs.w : 0);
-          for (int64_t c = 0; c < p.C_in; ++c) row(c, kh, r)[j] = in ? S(xp[c]) : S(0);
-        }
-      continue;
-    }
-    for (int64_t c = 0; c < p.C_in; ++c) {
-      const T* xc = xr + c * xs.c;
-      for (int64_t r = 0; r < p.sW; ++r) {
-        S* b = row(c, kh, r);
-        // j with 0 <= j*sW + r - pW < W
-        const int64_t j0 = std::min(Wp, std::max<int64_t>(0, (p.pW - r + p.sW - 1) / p.sW));
-        const int64_t last = p.W - 1 + p.pW - r;  // j*sW <= last
-        const int64_t j1 = std::max(j0, std::min(Wp, last < 0 ? 0 : last / p.sW + 1));
-        std::fill(b, b + j0, S(0));
-        if (xs.w == 1 && p.sW == 1) {
-          const T* src = xc + (j0 - p.pW);
-          for (int64_t j = j0; j < j1; ++j) b[j] = S(src[j - j0]);
+  if (iy < 0) {
+    std::fill(dst, dst + g.slot, S(0));
+    return;
+  }
+  const T* xr = x + n * xs.n + iy * xs.h;
+  if (xs.c == 1 && p.C_in > 1) {  // channels_last: read pixels contiguously, scatter to rows
+    for (int64_t r = 0; r < p.sW; ++r)
+      for (int64_t j = 0; j < Wp; ++j) {
+        const int64_t ix = j * p.sW + r - p.pW;
+        const bool in = ix >= 0 && ix < p.W;
+        const T* xp = xr + (in ? ix * xs.w : 0);
+        S* d = dst + r * Wp + j;
+        const int64_t step = p.sW * Wp;
+        if (in) {
+          for (int64_t c = 0; c < p.C_in; ++c) d[c * step] = S(xp[c]);
         } else {
-          for (int64_t j = j0; j < j1; ++j) b[j] = S(xc[(j * p.sW + r - p.pW) * xs.w]);
+          for (int64_t c = 0; c < p.C_in; ++c) d[c * step] = S(0);
         }
-        std::fill(b + j1, b + Wp, S(0));
       }
+    return;
+  }
+  for (int64_t c = 0; c < p.C_in; ++c) {
+    const T* xc = xr + c * xs.c;
+    for (int64_t r = 0; r < p.sW; ++r) {
+      S* b = dst + (c * p.sW + r) * Wp;
+      // j with 0 <= j*sW + r - pW < W
+      const int64_t j0 = std::min(Wp, std::max<int64_t>(0, (p.pW - r + p.sW - 1) / p.sW));
+      const int64_t last = p.W - 1 + p.pW - r;  // j*sW <= last
+      const int64_t j1 = std::max(j0, std::min(Wp, last < 0 ? 0 : last / p.sW + 1));
+      std::fill(b, b + j0, S(0));
+      if (xs.w == 1 && p.sW == 1) {
+        const T* src = xc + (j0 - p.pW);
+        if (std::is_same<T, S>::value) {
+          std::memcpy(b + j0, src, (j1 - j0) * sizeof(S));
+        } else {
+          for (int64_t j = j0; j < j1; ++j) b[j] = S(src[j - j0]);
+        }
+      } else {
+        for (int64_t j = j0; j < j1; ++j) b[j] = S(xc[(j * p.sW + r - p.pW) * xs.w]);
+      }
+      std::fill(b + j1, b + Wp, S(0));
     }
   }
 }
+
+// The packed input rows of one thread: kH slots, each holding one packed input row, reused
+// while consecutive output rows share input rows. prepare() points src at the taps of row (n, oy).
+template <typename S>
+struct RowCache {
+  const Layer<S>& g;
+  std::vector<S> buf;
+  std::vector<int64_t> tag;  // input row held by each slot: n*H + iy, -1 zero row, -2 nothing
+  std::vector<const S*> src;  // per tap (c, kh, kw)
+
+  explicit RowCache(const Layer<S>& layer)
+      : g(layer), buf(layer.p.kH * layer.slot), tag(layer.p.kH, -2), src(layer.tap_off.size()) {}
+
+  template <typename T>
+  void prepare(const T* x, const Str& xs, int64_t n, int64_t oy) {
+    const IGCConvParams& p = g.p;
+    const int64_t kH = p.kH;
+    std::vector<int64_t> want(kH), slot_of(kH, -1);
+    std::vector<char> used(kH, 0);
+    for (int64_t kh = 0; kh < kH; ++kh) {
+      const int64_t iy = oy * p.sH - p.pH + kh * p.dH;
+      want[kh] = iy >= 0 && iy < p.H ? n * p.H + iy : -1;
+      for (int64_t s = 0; s < kH; ++s)
+        if (tag[s] == want[kh]) {
+          slot_of[kh] = s;
+          used[s] = 1;
+          break;
+        }
+    }
+    for (int64_t kh = 0; kh < kH; ++kh) {
+      if (slot_of[kh] >= 0) continue;
+      int64_t s = 0;
+      while (used[s]) ++s;  // a free slot exists: kH slots, at most kH distinct rows wanted
+      used[s] = 1;
+      tag[s] = want[kh];
+      pack_row<T, S>(g, x, xs, n, want[kh] < 0 ? -1 : want[kh] - n * p.H, buf.data() + s * g.slot);
+      for (int64_t k2 = kh; k2 < kH; ++k2)
+        if (want[k2] == want[kh]) slot_of[k2] = s;
+    }
+    for (size_t t = 0; t < src.size(); ++t) src[t] = buf.data() + slot_of[g.tap_kh[t]] * g.slot + g.tap_off[t];
+  }
+};
 
 // Work items per parallel chunk: enough that tiny layers run on one thread.
 int64_t grain_for(int64_t cost_per_item) { return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, cost_per_item)); }
@@ -182,10 +232,11 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
   const int64_t rows = p.N * p.H_out;
 
   at::parallel_for(0, rows, grain_for(p.W_out * C * (K1 + L)), [&](int64_t begin, int64_t end) {
-    std::vector<S> packed(g.n_rows * g.Wp), y1(C * kSegF, S(0)), st(direct ? 0 : C * kSegF, S(0));
-    std::vector<const S*> src(g.src_off.size()), y1src(C), res(C);
+    RowCache<S> cache(g);
+    const std::vector<const S*>& src = cache.src;
+    std::vector<S> y1(C * kSegF, S(0)), st(direct ? 0 : C * kSegF, S(0));
+    std::vector<const S*> y1src(C), res(C);
     std::vector<S*> y1dst(C), dst(C);
-    for (size_t i = 0; i < src.size(); ++i) src[i] = packed.data() + g.src_off[i];
     for (int64_t l = 0; l < L; ++l)
       for (int64_t m = 0; m < M; ++m) {
         y1dst[l * M + m] = y1.data() + (l * M + m) * kSegF;
@@ -193,7 +244,7 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
       }
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / p.H_out, oy = row % p.H_out;
-      pack_rows<T, S>(g, xp, xs, n, oy, packed.data());
+      cache.template prepare<T>(xp, xs, n, oy);
       for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
         const int64_t len = std::min(kSegF, p.W_out - p0);
         RowsArgs<S> a;
@@ -279,7 +330,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
   const T* outp = relu ? out->data_ptr<T>() : nullptr;
   const Str xs = strides_of(x), gs_ = strides_of(grad_out), os = relu ? strides_of(*out) : Str{0, 0, 0, 0};
   const int64_t rows = p.N * p.H_out;
-  Tensor gy1_all = mask[0] ? at::empty({p.N, C, p.H_out, p.W_out}, x.options().dtype(st)) : Tensor();
+  // grad_y1 of every pixel for the grad_x pass, each row stored with zero margins (Lm left, up to
+  // Wg right) so that pass reads the taps of stride-1 rows straight from it: the row of tap kw'
+  // starts at Lm + base + kw'*dW and is read up to a vector past the image width.
+  const int64_t base = p.pW - (p.kW - 1) * p.dW, Lm = std::max<int64_t>(0, -base);
+  const int64_t Wg = round_up(Lm + std::max(p.W_out, p.W + p.pW + kLanes), kLanes);
+  Tensor gy1_all = mask[0] ? at::empty({p.N, C, p.H_out, Wg}, x.options().dtype(st)) : Tensor();
   S* gy1_allp = mask[0] ? gy1_all.data_ptr<S>() : nullptr;
 
   // Pass 1: over output rows, in a fixed number of chunks with one accumulator set each, so the
@@ -295,12 +351,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
       A.b1.assign(mask[2] ? C : 0, 0.0);
       A.w2.assign(mask[3] ? C * L : 0, 0.0);
       A.b2.assign(mask[4] ? C : 0, 0.0);
-      std::vector<S> packed(need_pack ? g.n_rows * g.Wp : 0);
+      RowCache<S> cache(g);
+      const std::vector<const S*>& src = cache.src;
       std::vector<S> y1(need_y1 ? C * kSegB : 0, S(0)), gs(C * kSegB, S(0)), gy1(need_gy1 ? C * kSegB : 0, S(0));
       std::vector<S> accw1(mask[1] ? C * K1 * lanes : 0, S(0)), accw2(mask[3] ? C * L * lanes : 0, S(0));
-      std::vector<const S*> src(g.src_off.size()), y1src(C), gsrow(C), gy1row(C);
+      std::vector<const S*> y1src(C), gsrow(C), gy1row(C);
       std::vector<S*> y1dst(C), gy1dst(C);
-      for (size_t i = 0; i < src.size(); ++i) src[i] = packed.data() + g.src_off[i];
       for (int64_t l = 0; l < L; ++l)
         for (int64_t m = 0; m < M; ++m) {
           const int64_t c1 = l * M + m;
@@ -326,7 +382,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
       const int64_t r0 = rows * ch / chunks, r1 = rows * (ch + 1) / chunks;
       for (int64_t row = r0; row < r1; ++row) {
         const int64_t n = row / p.H_out, oy = row % p.H_out;
-        if (need_pack) pack_rows<T, S>(g, xp, xs, n, oy, packed.data());
+        if (need_pack) cache.template prepare<T>(xp, xs, n, oy);
         for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegB) {
           const int64_t len = std::min(kSegB, p.W_out - p0);
           if (need_y1) {  // recompute the primary output of this segment
@@ -351,7 +407,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
             if (relu) v = S(outp[n * os.n + oc * os.c + oy * os.h + px * os.w]) > S(0) ? v : S(0);
             gs[g.c2_of_oc[oc] * kSegB + i] = v;
           };
-          if (gs_.w == 1) {
+          if (gs_.w == 1 && (!relu || os.w == 1)) {  // contiguous rows: vectorizable
+            for (int64_t oc = 0; oc < C; ++oc) {
+              const T* gr = gp + n * gs_.n + oc * gs_.c + oy * gs_.h + p0;
+              S* d = gs.data() + g.c2_of_oc[oc] * kSegB;
+              if (relu) {
+                const T* orow = outp + n * os.n + oc * os.c + oy * os.h + p0;
+                for (int64_t i = 0; i < len; ++i) d[i] = S(orow[i]) > S(0) ? S(gr[i]) : S(0);
+              } else {
+                for (int64_t i = 0; i < len; ++i) d[i] = S(gr[i]);
+              }
+            }
+          } else if (gs_.w == 1) {
             for (int64_t oc = 0; oc < C; ++oc)
               for (int64_t i = 0; i < len; ++i) load(oc, i);
           } else {
@@ -410,9 +477,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
               }
             }
             if (mask[0])
-              for (int64_t c1 = 0; c1 < C; ++c1)
-                std::memcpy(gy1_allp + ((n * C + c1) * p.H_out + oy) * p.W_out + p0, gy1.data() + c1 * kSegB,
-                            len * sizeof(S));
+              for (int64_t c1 = 0; c1 < C; ++c1) {
+                S* gr = gy1_allp + ((n * C + c1) * p.H_out + oy) * Wg;
+                std::memcpy(gr + Lm + p0, gy1.data() + c1 * kSegB, len * sizeof(S));
+                if (p0 == 0) std::fill(gr, gr + Lm, S(0));
+                if (p0 + len == p.W_out) std::fill(gr + Lm + p.W_out, gr + Wg, S(0));
+              }
           }
           pending += len;
           if (pending >= kFlushPixels) {
@@ -451,10 +521,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
   T* gxp = gx.data_ptr<T>();
   const Str gxs = strides_of(gx);
   const bool direct = std::is_same<T, S>::value && gxs.w == 1;
-  const int64_t Wz = round_up(p.W + (p.kW - 1) * p.dW + kLanes, kLanes), base = p.pW - (p.kW - 1) * p.dW;
+  const int64_t Wz = round_up(p.W + (p.kW - 1) * p.dW + kLanes, kLanes);
   const int64_t Kx = M * p.kH * p.kW, Min = p.M_in;
   at::parallel_for(0, p.N * p.H, grain_for(p.W * C * Kx), [&](int64_t begin, int64_t end) {
-    std::vector<S> Z(p.kH * C * Wz), wg(L * Kx * Min), tile(direct ? 0 : p.C_in * kSegX, S(0));
+    std::vector<S> Z(p.sW > 1 ? p.kH * C * Wz : 0), wg(L * Kx * Min), tile(direct ? 0 : p.C_in * kSegX, S(0));
     std::vector<const S*> srcx(L * Kx);
     std::vector<S*> dst(p.C_in);
     for (int64_t row = begin; row < end; ++row) {
@@ -464,19 +534,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
         const int64_t t = iy + p.pH - kh * p.dH;
         if (t < 0 || t % p.sH != 0 || t / p.sH >= p.H_out) continue;
         const int64_t oy = t / p.sH;
-        for (int64_t c1 = 0; c1 < C; ++c1) {
+        // Stride 1: taps read the padded grad_y1 rows in place. Stride sW > 1: zero-upsample.
+        for (int64_t c1 = 0; c1 < C && p.sW > 1; ++c1) {
           S* z = Z.data() + (nv * C + c1) * Wz;
-          const S* gr = gy1_allp + ((n * C + c1) * p.H_out + oy) * p.W_out;
-          if (p.sW == 1) {
-            const int64_t t0 = std::min(Wz, std::max<int64_t>(0, -base)), t1 = std::max(t0, std::min(Wz, p.W_out - base));
-            std::fill(z, z + t0, S(0));
-            std::memcpy(z + t0, gr + t0 + base, (t1 - t0) * sizeof(S));
-            std::fill(z + t1, z + Wz, S(0));
-          } else {
-            for (int64_t t2 = 0; t2 < Wz; ++t2) {
-              const int64_t q = t2 + base;
-              z[t2] = q >= 0 && q % p.sW == 0 && q / p.sW < p.W_out ? gr[q / p.sW] : S(0);
-            }
+          const S* gr = gy1_allp + ((n * C + c1) * p.H_out + oy) * Wg + Lm;
+          for (int64_t t2 = 0; t2 < Wz; ++t2) {
+            const int64_t q = t2 + base;
+            z[t2] = q >= 0 && q % p.sW == 0 && q / p.sW < p.W_out ? gr[q / p.sW] : S(0);
           }
         }
         // Sources and weights of this valid kernel row, appended after the earlier ones.
@@ -484,7 +548,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
           for (int64_t m = 0; m < M; ++m)
             for (int64_t kw = 0; kw < p.kW; ++kw) {
               const int64_t k = (nv * M + m) * p.kW + kw;
-              srcx[l * Kx + k] = Z.data() + (nv * C + l * M + m) * Wz + kw * p.dW;
+              const int64_t c1 = l * M + m;
+              srcx[l * Kx + k] = p.sW > 1 ? Z.data() + (nv * C + c1) * Wz + kw * p.dW
+                                          : gy1_allp + ((n * C + c1) * p.H_out + oy) * Wg + Lm + base + kw * p.dW;
               for (int64_t ci = 0; ci < Min; ++ci)
                 wg[(l * Kx + k) * Min + ci] = g.w1[(((l * M + m) * Min + ci) * p.kH + kh) * p.kW + (p.kW - 1 - kw)];
             }
