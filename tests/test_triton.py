@@ -227,3 +227,18 @@ def test_device_check_cli_without_gpu(tmp_path):
         run = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "r.md")], capture_output=True,
                              text=True, timeout=120)
         assert run.returncode == 2 and "no CUDA device" in run.stderr
+
+
+def test_kernels_compile_for_an_h100_class_gpu_without_one():
+    """The interpreter checks the arithmetic; this lowers the same kernels to SASS for sm_90
+    (dot shapes, layouts, permutes, atomics), which the interpreter never exercises."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    run = subprocess.run([sys.executable, "-m", "igc_kernels.triton.offline_compile", "--first", "--arch", "90"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("sm_90")]
+    assert [ln.split(" {")[0].split("channels_last ")[1] for ln in lines] == ["forward", "backward", "input grad"]

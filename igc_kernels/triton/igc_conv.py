@@ -21,9 +21,9 @@ FORWARD = "igc_kernels::igc_conv_triton"
 BACKWARD = "igc_kernels::igc_conv_triton_backward"
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
+def _ieee(dtype: torch.dtype) -> bool:
     # fp32 must stay fp32 (the op promises 1e-4 relative); tl.dot would otherwise use TF32.
-    return "ieee" if dtype == torch.float32 else "tf32"
+    return dtype == torch.float32
 
 
 def _sizes(x: torch.Tensor, w1: torch.Tensor, groups: int) -> dict:
@@ -110,7 +110,7 @@ def igc_conv_triton(
         *_conv_args(stride, padding, dilation),
         **sz,
         HAS_B1=b1 is not None, HAS_B2=b2 is not None, HAS_RES=residual is not None,
-        SHUFFLE=bool(shuffle), ACT=int(activation), DOT_PRECISION=_dot_precision(x.dtype),
+        SHUFFLE=bool(shuffle), ACT=int(activation), IEEE=_ieee(x.dtype),
     )
     return out
 
@@ -168,7 +168,7 @@ def igc_conv_triton_backward(
             *_conv_args(stride, padding, dilation),
             **sz,
             HAS_B1=b1 is not None, SHUFFLE=bool(shuffle), ACT=int(activation),
-            DOT_PRECISION=_dot_precision(x.dtype),
+            IEEE=_ieee(x.dtype),
             NEED_GY1=need_x, NEED_W1=need_w1, NEED_B1=need_b1, NEED_W2=need_w2, NEED_B2=need_b2,
         )
     if need_x:
@@ -185,7 +185,7 @@ def igc_conv_triton_backward(
                 Q, h, w, ho, wo,
                 *gx.stride(),
                 *_conv_args(stride, padding, dilation),
-                **sz, DOT_PRECISION=_dot_precision(x.dtype),
+                **sz, IEEE=_ieee(x.dtype),
             )
     # Unrequested gradients are distinct 0-element tensors (a custom op's outputs may not alias).
     return (

@@ -30,6 +30,18 @@ from . import configs
 
 
 @triton.jit
+def _mma(a, b, acc, IEEE: tl.constexpr):
+    """a @ b (+ acc), fp32 accumulation. fp32 operands stay fp32 (IEEE) instead of TF32: the op
+    promises 1e-4 relative in fp32. (A bool, not the precision string, because torch.compile's
+    user-kernel codegen reads str arguments as buffer names.)"""
+    if IEEE:
+        acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float32)
+    else:
+        acc = tl.dot(a, b, acc, out_dtype=tl.float32)
+    return acc
+
+
+@triton.jit
 def _pack_channels(QP: tl.constexpr, KP: tl.constexpr, G: tl.constexpr, L: tl.constexpr,
                    M_IN: tl.constexpr, MINP: tl.constexpr):
     """Input channel of each packed column: ch[q, 0, k] = (q*G + g)*M_in + ci for k = g*MINP + ci,
@@ -83,7 +95,7 @@ def _primary_z(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     L: tl.constexpr, M: tl.constexpr, M_IN: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     G: tl.constexpr, QP: tl.constexpr, KP: tl.constexpr, MINP: tl.constexpr, MP: tl.constexpr,
-    HAS_B1: tl.constexpr, BLOCK_P: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_B1: tl.constexpr, BLOCK_P: tl.constexpr, IEEE: tl.constexpr,
 ):
     """The primary conv of one pixel tile, returned interleaved: z[m, p, l] = y1[p, l*M + m] (fp32).
 
@@ -102,7 +114,7 @@ def _primary_z(
             a = _load_tap(x_img, ho, wo, pmask, ch, kmask, H, W, sxc, sxh, sxw,
                           stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw)
             b = tl.load(w1p_ptr + (kh * KW + kw) * (QP * KP * NP) + w_off)
-            acc = tl.dot(a.to(dt), b.to(dt), acc, input_precision=DOT_PRECISION)
+            acc = _mma(a.to(dt), b.to(dt), acc, IEEE)
     return _interleave(acc, b1_ptr, L, M, G, QP, MP, HAS_B1, BLOCK_P)
 
 
@@ -128,7 +140,7 @@ def igc_fwd_kernel(
     L: tl.constexpr, M: tl.constexpr, M_IN: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     G: tl.constexpr, QP: tl.constexpr, KP: tl.constexpr, MINP: tl.constexpr, MP: tl.constexpr,
     HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_RES: tl.constexpr,
-    SHUFFLE: tl.constexpr, ACT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SHUFFLE: tl.constexpr, ACT: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
     p, pmask, n, ho, wo = _pixels(tl.program_id(0), P, HO, WO, BLOCK_P)
@@ -142,7 +154,7 @@ def igc_fwd_kernel(
     z = _primary_z(
         x_ptr, w1p_ptr, b1_ptr, n, ho, wo, pmask,
         H, W, sxn, sxc, sxh, sxw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-        L, M, M_IN, KH, KW, G, QP, KP, MINP, MP, HAS_B1, BLOCK_P, DOT_PRECISION,
+        L, M, M_IN, KH, KW, G, QP, KP, MINP, MP, HAS_B1, BLOCK_P, IEEE,
     ).to(x_ptr.dtype.element_ty)
     j = l  # secondary output index inside group m; same padded range as l
     m3 = m[:, None, None]
@@ -152,7 +164,7 @@ def igc_fwd_kernel(
         mask=mmask[:, None, None] & lmask[None, :, None] & lmask[None, None, :],
         other=0.0,
     )
-    s = tl.dot(z, w2_tile, input_precision=DOT_PRECISION, out_dtype=tl.float32)  # [m, p, j]
+    s = _mma(z, w2_tile, None, IEEE)  # [m, p, j]
     cmask = mmask[:, None, None] & lmask[None, None, :]  # [MP, 1, LP]
     sec = m3 * L + j[None, None, :]  # secondary channel m*L + j
     if HAS_B2:
@@ -188,7 +200,7 @@ def igc_bwd_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     L: tl.constexpr, M: tl.constexpr, M_IN: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     G: tl.constexpr, QP: tl.constexpr, KP: tl.constexpr, MINP: tl.constexpr, MP: tl.constexpr,
-    HAS_B1: tl.constexpr, SHUFFLE: tl.constexpr, ACT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_B1: tl.constexpr, SHUFFLE: tl.constexpr, ACT: tl.constexpr, IEEE: tl.constexpr,
     NEED_GY1: tl.constexpr, NEED_W1: tl.constexpr, NEED_B1: tl.constexpr,
     NEED_W2: tl.constexpr, NEED_B2: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -229,7 +241,7 @@ def igc_bwd_kernel(
             mask=mmask[:, None, None] & lmask[None, :, None] & lmask[None, None, :],
             other=0.0,
         )
-        gz = tl.dot(gs.to(dt), w2t, input_precision=DOT_PRECISION, out_dtype=tl.float32)  # [m, p, l]
+        gz = _mma(gs.to(dt), w2t, None, IEEE)  # [m, p, l]
         c1 = l[None, :] * M + m[:, None]  # [MP, LP] primary channel l*M + m
         if NEED_B1:
             tl.atomic_add(gb1_ptr + c1, tl.sum(gz, axis=1), mask=cmask2, sem="relaxed")
@@ -262,14 +274,14 @@ def igc_bwd_kernel(
                               stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw).to(dt)
                 tap = (kh * KW + kw) * (QP * KP * NP)
                 if NEED_W2:
-                    acc = tl.dot(a, tl.load(w1p_ptr + tap + w_off).to(dt), acc, input_precision=DOT_PRECISION)
+                    acc = _mma(a, tl.load(w1p_ptr + tap + w_off).to(dt), acc, IEEE)
                 if NEED_W1:
-                    part = tl.dot(tl.permute(a, (0, 2, 1)), gyq, input_precision=DOT_PRECISION, out_dtype=tl.float32)
+                    part = _mma(tl.permute(a, (0, 2, 1)), gyq, None, IEEE)
                     tl.atomic_add(gw1_ptr + tap + w_off, part, mask=diag, sem="relaxed")
         if NEED_W2:
             z = _interleave(acc, b1_ptr, L, M, G, QP, MP, HAS_B1, BLOCK_P).to(dt)  # recomputed [m, p, l]
             # dw2[m*L + j, l] = sum_p gs[m, p, j] * z[m, p, l]
-            gw2 = tl.dot(tl.permute(gs.to(dt), (0, 2, 1)), z, input_precision=DOT_PRECISION, out_dtype=tl.float32)
+            gw2 = _mma(tl.permute(gs.to(dt), (0, 2, 1)), z, None, IEEE)
             tl.atomic_add(
                 gw2_ptr + (m3 * L + j[None, :, None]) * L + l[None, None, :], gw2,
                 mask=mmask[:, None, None] & lmask[None, :, None] & lmask[None, None, :], sem="relaxed",
@@ -285,7 +297,7 @@ def igc_bwd_input_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     L: tl.constexpr, M: tl.constexpr, M_IN: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     G: tl.constexpr, QP: tl.constexpr, KP: tl.constexpr, MINP: tl.constexpr, MP: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    IEEE: tl.constexpr,
     BLOCK_Q: tl.constexpr,
 ):
     """dL/dx as a gather over output pixels (a transposed grouped conv): each input pixel sums
@@ -322,7 +334,7 @@ def igc_bwd_input_kernel(
             row = ((n * HO + ho) * WO + wo) * C
             a = tl.load(gy1_ptr + row[None, :, None] + c1, mask=ok[None, :, None] & nmask, other=0.0)
             b = tl.load(w1p_ptr + (kh * KW + kw) * (QP * KP * NP) + wt_off)
-            acc = tl.dot(a.to(dt), b.to(dt), acc, input_precision=DOT_PRECISION)
+            acc = _mma(a.to(dt), b.to(dt), acc, IEEE)
     ch, kmask = _pack_channels(QP, KP, G, L, M_IN, MINP)
     x_pix = n * sxn + hi * sxh + wi * sxw
     tl.store(gx_ptr + x_pix[None, :, None] + ch * sxc, acc.to(dt), mask=qmask[None, :, None] & kmask)
