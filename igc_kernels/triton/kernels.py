@@ -1,24 +1,32 @@
 """Triton kernels of the fused IGC layer (DESIGN.md sections 2 and 3).
 
 One program owns a tile of BLOCK_P output pixels (flattened over N, H_out, W_out) and *all*
-channels, so the whole layer happens on chip:
+channels, so the whole layer happens on chip and the activation crosses HBM once:
 
-* primary grouped conv: an fp32 register tile ``y1[p, l, m]`` (primary group l, member m),
-  accumulated with CUDA-core FMAs over the M_in input channels and the kH*kW taps (4 channels
-  per group are far too few for tensor cores);
+* primary grouped conv, on tensor cores through packing: G = 16 / M primary groups share one
+  block-diagonal [G*M_in x G*M] weight tile per tap (16 x 16 at M = M_in = 4), so each tap is one
+  batched ``tl.dot`` over the QP packs, ``[QP, P, 16] x [QP, 16, 16]``. The per-group product
+  (4 x 4) is far below the 16 x 16 x 16 minimum of ``tl.dot``, and as CUDA-core FMAs it would
+  need one scalar load per channel and tap and a layout shuffle per product (an offline compile
+  for sm_90 of that version used 190-255 registers and spilled); packed, the x operand of a pack is
+  G*M_in consecutive channels, one 16-byte vector load in channels_last. The block-diagonal zeros
+  cost 4x the primary's MACs, which tensor cores have to spare at this size;
 * interleave + secondary 1x1 grouped conv: per secondary group m a ``[pixels x L] x [L x L]``
   product, written as one batched ``tl.dot`` over m (``[M, P, L] x [M, L, L]``), with L padded to a
-  power of two >= 16 (24 -> 32) because ``tl.dot`` needs every dimension >= 16;
-* output shuffle, biases, residual and activation in the epilogue. No permutation moves data:
-  the interleave is the ``(l, m) -> (m, l)`` transpose of the register tile and the shuffle is the
-  index map of the store (``out[:, j*M + m] = s[:, m*L + j]``).
+  power of two >= 16 (24 -> 32);
+* output shuffle, biases, residual and activation in the epilogue. No permutation moves data in
+  memory: the interleave is a reshape/permute of the register tile and the shuffle is the index
+  map of the store (``out[:, j*M + m] = s[:, m*L + j]``).
 
+Accumulation is fp32; fp16/bf16 operands feed the tensor cores, fp32 operands use IEEE fp32 dots.
 Strides are kernel arguments, so one kernel serves NCHW and channels_last (Triton specialises
-unit strides, which is what makes the loads contiguous in either layout).
+unit strides, which is what makes the channel loads contiguous in channels_last; NCHW works but
+gathers channels element by element).
 
-The backward recomputes ``y1`` tile by tile instead of loading a saved one. Weight and bias
-gradients are reduced per program and added with fp32 atomics; the input gradient (a transposed
-grouped conv) runs as a second kernel over input pixels that reads ``dL/dy1`` written by the first.
+The backward recomputes ``y1`` tile by tile instead of loading a saved one. dL/dw1 is a packed
+product per tap too (``x^T [QP, 16, P] x dL/dy1 [QP, P, 16]``); weight and bias gradients are
+reduced per program and added with fp32 atomics. The input gradient (a transposed grouped conv)
+is a second kernel over input pixels that gathers ``dL/dy1`` written by the first: no atomics.
 """
 
 from __future__ import annotations
