@@ -122,6 +122,8 @@ def test_upscale_command_errors(tmp_path, capsys, monkeypatch):
     bad.write_bytes(b"\x00" * 20)
     assert upscale_main([str(tmp_path / "a.png"), "--weights", str(bad)]) == 2
     assert "header is not valid JSON" in capsys.readouterr().err
+    assert upscale_main([str(tmp_path / "a.png"), "-o", str(tmp_path / "a.txt"), "--weights", str(bad)]) == 2
+    assert "must end in one of" in capsys.readouterr().err
     assert upscale_main([str(tmp_path / "a.png"), "--dtype", "float16", "--device", "cpu"]) == 2
     assert "needs a CUDA device" in capsys.readouterr().err
 

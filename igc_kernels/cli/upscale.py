@@ -46,8 +46,11 @@ def _main(argv) -> int:
     trained = meta.get("scales")
     if trained and args.scale not in trained:
         print(f"warning: {label} was trained for scales {trained}, not {args.scale}", file=sys.stderr)
-    errors = upscale_files(model, jobs, args.scale, device=device, tile=args.tile or None, dtype=dtype,
-                           progress=not args.no_progress and len(jobs) > 1)
+    try:
+        errors = upscale_files(model, jobs, args.scale, device=device, tile=args.tile or None, dtype=dtype,
+                               progress=not args.no_progress)
+    except (ValueError, OSError) as e:  # unwritable output, alpha into JPEG, ...
+        raise UserError(str(e)) from e
     for e in errors:
         print(f"warning: skipped {e}", file=sys.stderr)
     done = len(jobs) - len(errors)

@@ -107,6 +107,8 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, alpha: np.ndarray |
     path = os.fspath(path)
     px = to_uint8(pixels)
     if alpha is not None:
+        if path.lower().endswith((".jpg", ".jpeg")):
+            raise ValueError(f"{path!r}: JPEG cannot store the alpha channel; write .png instead")
         al = to_uint8(alpha)
         arr = np.dstack([px, al]) if px.ndim == 2 else np.dstack([px, al[..., None]])
         img = Image.fromarray(arr, "LA" if px.ndim == 2 else "RGBA")

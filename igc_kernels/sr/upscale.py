@@ -88,7 +88,8 @@ def sr_from_bicubic(model, bic01: np.ndarray, device="cpu", tile=256, dtype=None
 
 
 def upscale_image(
-    model: nn.Module, img: LoadedImage, scale: int, device="cpu", tile: int | None = 256, dtype=None
+    model: nn.Module, img: LoadedImage, scale: int, device="cpu", tile: int | None = 256, dtype=None,
+    progress=None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(pixels, alpha) of the upscaled image on 0..255 (float, unclipped), ``scale`` x larger.
 
@@ -103,7 +104,7 @@ def upscale_image(
         ycc = rgb_to_ycbcr(img.pixels)
         y = ycc[..., 0] / 255.0
         chroma = imresize(ycc[..., 1:], scale)
-    sr_y = sr_from_bicubic(model, imresize(y, scale), device=device, tile=tile, dtype=dtype) * 255.0
+    sr_y = sr_from_bicubic(model, imresize(y, scale), device=device, tile=tile, dtype=dtype, progress=progress) * 255.0
     if chroma is None:
         pixels = sr_y
     else:
@@ -136,6 +137,8 @@ def plan_jobs(inp: str, out: str | None, scale: int) -> list[tuple[str, str]]:
         return [(inp, os.path.join(os.path.dirname(inp), output_name(inp, scale)))]
     if os.path.isdir(out) or out.endswith(os.sep):
         return [(inp, os.path.join(out, output_name(inp, scale)))]
+    if not out.lower().endswith(IMAGE_EXTENSIONS):
+        raise ValueError(f"output file {out!r} must end in one of {', '.join(IMAGE_EXTENSIONS)}")
     return [(inp, out)]
 
 
@@ -152,7 +155,7 @@ def upscale_files(
     jobs = list(jobs)
     errors = []
     it = jobs
-    if progress:
+    if progress and len(jobs) > 1:
         from tqdm import tqdm
 
         it = tqdm(jobs, desc=f"upscale x{scale}", unit="img")
@@ -164,6 +167,16 @@ def upscale_files(
         except ImageReadError as e:
             errors.append(str(e))
             continue
-        pixels, alpha = upscale_image(model, img, scale, device=device, tile=tile, dtype=dtype)
+        bar = None
+        if progress and len(jobs) == 1 and tile:  # one (large) image: show its tiles
+            from tqdm import tqdm
+
+            h, w = (n * scale for n in img.pixels.shape[:2])
+            n_tiles = len(tile_spans(h, tile, 0)) * len(tile_spans(w, tile, 0))
+            bar = tqdm(total=n_tiles, desc=f"upscale x{scale} ({w}x{h})", unit="tile") if n_tiles > 1 else None
+        pixels, alpha = upscale_image(model, img, scale, device=device, tile=tile, dtype=dtype,
+                                      progress=bar.update if bar is not None else None)
+        if bar is not None:
+            bar.close()
         write_image(dst, pixels, alpha)
     return errors
