@@ -1,4 +1,4 @@
-// Fused IGC backward on CUDA: gradients of x, w1, b1, w2, b2 for every shape (DESIGN section 2).
+// Fused IGC backward kernels on CUDA: gradients of x, w1, b1, w2, b2 for every shape (DESIGN section 2).
 //
 // With g = grad_out (times the ReLU mask out > 0), gs[m*L + j] = g[out_channel(m, j)] and
 // y1 the primary output (recomputed here, never saved by the forward):
@@ -17,30 +17,17 @@
 //    the sums do not depend on scheduling: the backward is deterministic on a given device.
 // 2. igc_reduce_partials_kernel: sums the rows in a fixed order into grad_w1, b1, w2, b2.
 // 3. igc_bwd_input_kernel: grad_x by gathering gy1 from the workspace (no atomics either).
-#include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-
 #include <algorithm>
 #include <climits>
+#include <type_traits>
 
-#include "igc_conv_cuda.h"
+#include "igc_conv_device.cuh"
 
 namespace igc {
 namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kSmemBudget = 48 * 1024;  // no opt-in needed on any architecture
-
-// Layout of one partials row: [grad_w2 | grad_b2 | grad_w1 | grad_b1]; an unrequested gradient
-// has an empty segment.
-struct Segments {
-  int end_w2, end_b2, end_w1, K;  // K = end_b1
-  bool need_y1;                   // grad_w2 needs the recomputed primary output
-  bool need_gy1;                  // grad_x, grad_w1 and grad_b1 need the gradient of y1
-};
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
@@ -154,7 +141,7 @@ __global__ void igc_reduce_partials_kernel(const float* __restrict__ partial, in
   if (k >= seg.K) return;
   float acc = 0.f;
   for (int r = 0; r < rows; ++r) acc += partial[static_cast<int64_t>(r) * seg.K + k];  // fixed order
-  const scalar_t v = static_cast<scalar_t>(acc);
+  const scalar_t v = from_f<scalar_t>(acc);
   if (k < seg.end_w2) {
     gw2[k] = v;
   } else if (k < seg.end_b2) {
@@ -201,102 +188,50 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-    gx[offset4(gxst, n, cin, ih, iw)] = static_cast<scalar_t>(acc);
+    gx[offset4(gxst, n, cin, ih, iw)] = from_f<scalar_t>(acc);
   }
 }
 
-at::Tensor to_float_contig(const at::Tensor& t) { return t.contiguous().to(at::kFloat); }
+// Shared memory of igc_bwd_mid_kernel: three [C][P+1] fp32 arrays and three ints per pixel.
+int64_t mid_smem_bytes(int C_out, int P) { return (3 * static_cast<int64_t>(C_out) * (P + 1) + 3 * P) * 4; }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> igc_conv_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-    const at::Tensor& w2, const c10::optional<at::Tensor>& out, int64_t groups, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, bool shuffle, int64_t activation,
-    std::array<bool, 5> output_mask) {
-  const IGCConvParams p = make_params(x, w1, b1, w2, c10::nullopt, c10::nullopt, groups, stride, padding, dilation,
-                                      shuffle, activation);
-  check_backward_args(p, grad_out, out, x);
-  check_cuda_supported(p, x);
-  const c10::cuda::CUDAGuard guard(x.device());
-
-  const bool need_gx = output_mask[0], need_w1 = output_mask[1], need_b1 = output_mask[2];
-  const bool need_w2 = output_mask[3], need_b2 = output_mask[4];
-  // Unrequested gradients: distinct 0-element tensors (outputs of an op must not alias).
-  const auto empty = [&] { return at::empty({0}, x.options()); };
-  const auto contig = at::MemoryFormat::Contiguous;
-  at::Tensor gx = need_gx ? at::empty(x.sizes(), x.options().memory_format(x.suggest_memory_format())) : empty();
-  at::Tensor gw1 = need_w1 ? at::empty(w1.sizes(), w1.options().memory_format(contig)) : empty();
-  at::Tensor gb1 = need_b1 ? at::empty({p.C_out}, x.options()) : empty();
-  at::Tensor gw2 = need_w2 ? at::empty(w2.sizes(), w2.options().memory_format(contig)) : empty();
-  at::Tensor gb2 = need_b2 ? at::empty({p.C_out}, x.options()) : empty();
-  const auto result = [&] { return std::make_tuple(gx, gw1, gb1, gw2, gb2); };
-  if (!(need_gx || need_w1 || need_b1 || need_w2 || need_b2)) return result();
-
-  const KernelShape s = kernel_shape(p);
-  if (s.total_pix == 0) {  // empty batch: every gradient is a sum over nothing
-    for (at::Tensor* t : {&gx, &gw1, &gb1, &gw2, &gb2}) {
-      if (t->numel() > 0) t->zero_();
-    }
-    return result();
-  }
-
-  TORCH_CHECK(2 * p.C_out * (p.L + 1) + w1.numel() < INT_MAX,
-              "igc_conv_backward (CUDA): too many weights for the CUDA kernel (", w1.numel(), " in w1)");
-  Segments seg;
-  seg.end_w2 = need_w2 ? s.C_out * s.L : 0;
-  seg.end_b2 = seg.end_w2 + (need_b2 ? s.C_out : 0);
-  seg.end_w1 = seg.end_b2 + (need_w1 ? static_cast<int>(w1.numel()) : 0);
-  seg.K = seg.end_w1 + (need_b1 ? s.C_out : 0);
-  seg.need_y1 = need_w2;
-  seg.need_gy1 = need_gx || need_w1 || need_b1;
-
-  // P pixels per tile: three [C][P+1] fp32 arrays plus 3 ints per pixel within the static budget.
-  auto smem_for = [&](int P) { return (3 * s.C_out * (P + 1) + 3 * P) * 4; };
-  TORCH_CHECK(smem_for(1) <= kSmemBudget, "igc_conv_backward (CUDA): w1.shape[0] (L*M) must be <= 2046 for the ",
-              "CUDA kernel, got ", s.C_out);
+int backward_pixels_per_tile(int C_out) {
+  if (mid_smem_bytes(C_out, 1) > kSmemBudget) return 0;
   int P = 64;
-  while (P > 1 && smem_for(P) > kSmemBudget) P /= 2;
-  const int64_t num_tiles = (s.total_pix + P - 1) / P;
-  // A fixed number of blocks (a few per SM) keeps the partials buffer small.
-  const auto* props = at::cuda::getCurrentDeviceProperties();
-  const int rows = static_cast<int>(std::min<int64_t>(num_tiles, 4 * static_cast<int64_t>(props->multiProcessorCount)));
+  while (P > 1 && mid_smem_bytes(C_out, P) > kSmemBudget) P /= 2;
+  return P;
+}
 
-  const at::Tensor w1f = to_float_contig(w1), w2f = to_float_contig(w2);
-  const at::Tensor b1f = b1.has_value() ? to_float_contig(*b1) : at::Tensor();
-  const float* b1p = b1f.defined() ? b1f.data_ptr<float>() : nullptr;
-  const auto fopts = x.options().dtype(at::kFloat);
-  at::Tensor partial = seg.K > 0 ? at::zeros({rows, seg.K}, fopts) : at::Tensor();
-  at::Tensor ws = need_gx ? at::empty({s.C_out, s.total_pix}, fopts) : at::Tensor();
-  const at::Tensor out_t = out.has_value() ? *out : at::Tensor();
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-
-  IGC_DISPATCH_CUDA_TYPES(x.scalar_type(), "igc_conv_backward_cuda", [&] {
-    const scalar_t* outp = out_t.defined() ? out_t.const_data_ptr<scalar_t>() : nullptr;
-    const Strides4 ost = out_t.defined() ? strides_of(out_t) : Strides4{};
-    igc_bwd_mid_kernel<scalar_t><<<rows, kThreads, smem_for(P), stream>>>(
-        s, seg, P, num_tiles, grad_out.const_data_ptr<scalar_t>(), strides_of(grad_out), outp, ost,
-        x.const_data_ptr<scalar_t>(), strides_of(x), w1f.data_ptr<float>(), b1p, w2f.data_ptr<float>(),
-        ws.defined() ? ws.data_ptr<float>() : nullptr, partial.defined() ? partial.data_ptr<float>() : nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+cudaError_t launch_backward(const BackwardArgs& a, cudaStream_t stream) {
+  const KernelShape& s = a.s;
+  const Segments& seg = a.seg;
+  if (a.P < 1 || mid_smem_bytes(s.C_out, a.P) > kSmemBudget) return cudaErrorInvalidValue;
+  return dispatch_dtype(a.dtype, [&](auto* tag) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
+    igc_bwd_mid_kernel<scalar_t><<<a.rows, kThreads, static_cast<int>(mid_smem_bytes(s.C_out, a.P)), stream>>>(
+        s, seg, a.P, a.num_tiles, static_cast<const scalar_t*>(a.gout), a.gst, static_cast<const scalar_t*>(a.out),
+        a.ost, static_cast<const scalar_t*>(a.x), a.xst, a.w1, a.b1, a.w2, a.ws, a.partial);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
 
     if (seg.K > 0) {
-      auto ptr = [](at::Tensor& t) { return t.numel() > 0 ? t.mutable_data_ptr<scalar_t>() : nullptr; };
       igc_reduce_partials_kernel<scalar_t><<<(seg.K + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
-          partial.data_ptr<float>(), rows, seg, ptr(gw2), ptr(gb2), ptr(gw1), ptr(gb1));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+          a.partial, a.rows, seg, static_cast<scalar_t*>(a.gw2), static_cast<scalar_t*>(a.gb2),
+          static_cast<scalar_t*>(a.gw1), static_cast<scalar_t*>(a.gb1));
+      err = cudaGetLastError();
+      if (err != cudaSuccess) return err;
     }
 
-    if (need_gx && gx.numel() > 0) {
-      const int64_t numel = gx.numel();
-      const int blocks = static_cast<int>(std::min<int64_t>((numel + kThreads - 1) / kThreads, 1 << 20));
-      igc_bwd_input_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(s, numel, w1f.data_ptr<float>(),
-                                                                      ws.data_ptr<float>(),
-                                                                      gx.mutable_data_ptr<scalar_t>(), strides_of(gx));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (a.gx != nullptr && a.gx_numel > 0) {
+      const int blocks = static_cast<int>(std::min<int64_t>((a.gx_numel + kThreads - 1) / kThreads, 1 << 20));
+      igc_bwd_input_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(s, a.gx_numel, a.w1, a.ws,
+                                                                      static_cast<scalar_t*>(a.gx), a.gxst);
+      err = cudaGetLastError();
     }
+    return err;
   });
-  return result();
 }
 
 }  // namespace cuda

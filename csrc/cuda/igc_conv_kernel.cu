@@ -1,4 +1,4 @@
-// Fused IGC forward on CUDA (DESIGN section 2) and the CUDA registration of both ops.
+// Fused IGC forward kernels on CUDA (DESIGN section 2); the host side is igc_conv_cuda.cpp.
 //
 // Two kernels, picked per call:
 // - igc_fwd_fast_kernel: the paper's layer (k=3, stride 1, dilation 1, L=24, M=M_in=4, 96
@@ -22,18 +22,11 @@
 // group (fp16/bf16 in, fp32 accumulate) and the primary as block-diagonal mma over pairs of groups.
 // That is the next step once it can be measured on the device; this kernel is the correct,
 // layout-aware baseline that step will be checked against.
-#include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <climits>
-#include <cstdlib>
-#include <cstring>
+#include <type_traits>
 
-#include "igc_conv_cuda.h"
+#include "igc_conv_device.cuh"
 
 namespace igc {
 namespace cuda {
@@ -66,11 +59,6 @@ constexpr int smem_bytes() {
   constexpr int x_bytes = kIH * kIW * kXS * 4;
   constexpr int stage_bytes = kThreads * stage_stride<scalar_t>() * static_cast<int>(sizeof(scalar_t));
   return kOffRegion + (x_bytes > stage_bytes ? x_bytes : stage_bytes);
-}
-
-bool applies(const IGCConvParams& p) {
-  return p.kH == 3 && p.kW == 3 && p.sH == 1 && p.sW == 1 && p.dH == 1 && p.dW == 1 && p.L == kL && p.M == kM &&
-         p.M_in == kMi && p.N <= 65535 && (p.H_out + kTH - 1) / kTH <= 65535;
 }
 
 template <typename scalar_t>
@@ -170,7 +158,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         acc = fmaf(w.w, y1[(4 * q + 3) * kM + m], acc);
       }
       const int o = s.shuffle ? j * kM + m : m * kL + j;
-      stage[tid * SS + o] = static_cast<scalar_t>(acc);
+      stage[tid * SS + o] = from_f<scalar_t>(acc);
     }
   }
   __syncthreads();
@@ -192,7 +180,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       float v = to_f(stage[pix * SS + o]);
       if (res != nullptr) v += to_f(res[offset4(rst, n, o, oh, ow)]);
       if (s.relu) v = relu_f(v);
-      out[offset4(ost, n, o, oh, ow)] = static_cast<scalar_t>(v);
+      out[offset4(ost, n, o, oh, ow)] = from_f<scalar_t>(v);
     }
   }
 }
@@ -201,7 +189,6 @@ __global__ void __launch_bounds__(kThreads, 2)
 // ---------------------------------------------------------------------------------------------
 // General path: every shape.
 constexpr int kGeneralThreads = 256;
-constexpr int kSmemBudget = 48 * 1024;  // no opt-in needed on any architecture
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kGeneralThreads)
@@ -239,87 +226,60 @@ __global__ void __launch_bounds__(kGeneralThreads)
       const PixelPos q = decode_pixel(s, pix);
       if (res != nullptr) acc += to_f(res[offset4(rst, q.n, o, q.oh, q.ow)]);
       if (s.relu) acc = relu_f(acc);
-      out[offset4(ost, q.n, o, q.oh, q.ow)] = static_cast<scalar_t>(acc);
+      out[offset4(ost, q.n, o, q.oh, q.ow)] = from_f<scalar_t>(acc);
     }
     __syncthreads();  // y1s is rewritten by the next tile
   }
 }
 
-// IGC_KERNELS_CUDA_PATH=general forces the general kernel (tests and benchmarks compare the two).
-bool force_general() {
-  const char* v = std::getenv("IGC_KERNELS_CUDA_PATH");
-  return v != nullptr && std::strcmp(v, "general") == 0;
-}
-
-at::Tensor to_float_contig(const at::Tensor& t) { return t.contiguous().to(at::kFloat); }
-
 }  // namespace
 
-void check_cuda_supported(const IGCConvParams& p, const at::Tensor& x) {
-  TORCH_CHECK(x.is_cuda(), "igc_conv (CUDA): x must be a CUDA tensor, got one on ", x.device());
-  const auto st = x.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16,
-              "igc_conv (CUDA): x must be float32, float16 or bfloat16, got ", st);
-  for (int64_t v : {p.N, p.C_in, p.H, p.W, p.C_out, p.H_out, p.W_out}) {
-    TORCH_CHECK(v <= INT_MAX, "igc_conv (CUDA): every dimension of x and the output must be < 2^31, got ", v);
-  }
+bool fast_forward_applies(const KernelShape& s) {
+  return s.kH == 3 && s.kW == 3 && s.sH == 1 && s.sW == 1 && s.dH == 1 && s.dW == 1 && s.L == fast::kL &&
+         s.M == fast::kM && s.M_in == fast::kMi && s.N <= 65535 && (s.H_out + fast::kTH - 1) / fast::kTH <= 65535;
 }
 
-at::Tensor igc_conv_cuda(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-                         const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
-                         const c10::optional<at::Tensor>& residual, int64_t groups, at::IntArrayRef stride,
-                         at::IntArrayRef padding, at::IntArrayRef dilation, bool shuffle, int64_t activation) {
-  const IGCConvParams p =
-      make_params(x, w1, b1, w2, b2, residual, groups, stride, padding, dilation, shuffle, activation);
-  check_cuda_supported(p, x);
-  const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor out =
-      at::empty({p.N, p.C_out, p.H_out, p.W_out}, x.options().memory_format(x.suggest_memory_format()));
-  if (out.numel() == 0) return out;
+int fast_forward_smem_bytes(DType dtype) {
+  return dtype == DType::kFloat32 ? fast::smem_bytes<float>() : fast::smem_bytes<__half>();
+}
 
-  const KernelShape s = kernel_shape(p);
-  const at::Tensor w1f = to_float_contig(w1), w2f = to_float_contig(w2);
-  const at::Tensor b1f = b1.has_value() ? to_float_contig(*b1) : at::Tensor();
-  const at::Tensor b2f = b2.has_value() ? to_float_contig(*b2) : at::Tensor();
-  const float* b1p = b1f.defined() ? b1f.data_ptr<float>() : nullptr;
-  const float* b2p = b2f.defined() ? b2f.data_ptr<float>() : nullptr;
-  const Strides4 xst = strides_of(x), ost = strides_of(out);
-  const Strides4 rst = residual.has_value() ? strides_of(*residual) : Strides4{};
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const auto* props = at::cuda::getCurrentDeviceProperties();
-
-  IGC_DISPATCH_CUDA_TYPES(x.scalar_type(), "igc_conv_cuda", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* rp = residual.has_value() ? residual->const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    constexpr int fast_smem = fast::smem_bytes<scalar_t>();
-    if (fast::applies(p) && !force_general() && static_cast<size_t>(fast_smem) <= props->sharedMemPerBlockOptin) {
-      auto kernel = fast::igc_fwd_fast_kernel<scalar_t>;
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, fast_smem));
-      const dim3 grid((s.W_out + fast::kTW - 1) / fast::kTW, (s.H_out + fast::kTH - 1) / fast::kTH, s.N);
-      kernel<<<grid, fast::kThreads, fast_smem, stream>>>(s, xp, xst, w1f.data_ptr<float>(), b1p,
-                                                           w2f.data_ptr<float>(), b2p, rp, rst, op, ost);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      return;
-    }
-    // P output pixels per block: as many as fit y1 of all channels into the static budget.
-    TORCH_CHECK(s.C_out * 4 <= kSmemBudget, "igc_conv (CUDA): w1.shape[0] (L*M) must be <= ", kSmemBudget / 4,
-                " for the CUDA kernel, got ", s.C_out);
-    int P = 64;
-    while (P > 1 && s.C_out * P * 4 > kSmemBudget) P /= 2;
-    const int64_t num_tiles = (s.total_pix + P - 1) / P;
-    const int grid = static_cast<int>(std::min<int64_t>(num_tiles, INT_MAX));
-    igc_fwd_general_kernel<scalar_t><<<grid, kGeneralThreads, s.C_out * P * 4, stream>>>(
-        s, P, num_tiles, xp, xst, w1f.data_ptr<float>(), b1p, w2f.data_ptr<float>(), b2p, rp, rst, op, ost);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+cudaError_t launch_forward_fast(const ForwardArgs& a, cudaStream_t stream) {
+  return dispatch_dtype(a.dtype, [&](auto* tag) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
+    constexpr int smem = fast::smem_bytes<scalar_t>();
+    auto kernel = fast::igc_fwd_fast_kernel<scalar_t>;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+    const KernelShape& s = a.s;
+    const dim3 grid((s.W_out + fast::kTW - 1) / fast::kTW, (s.H_out + fast::kTH - 1) / fast::kTH, s.N);
+    kernel<<<grid, fast::kThreads, smem, stream>>>(s, static_cast<const scalar_t*>(a.x), a.xst, a.w1, a.b1, a.w2,
+                                                   a.b2, static_cast<const scalar_t*>(a.res), a.rst,
+                                                   static_cast<scalar_t*>(a.out), a.ost);
+    return cudaGetLastError();
   });
-  return out;
+}
+
+int general_forward_pixels_per_block(int C_out) {
+  if (static_cast<int64_t>(C_out) * 4 > kSmemBudget) return 0;
+  int P = 64;  // as many pixels as fit y1 of all channels into the static budget
+  while (P > 1 && static_cast<int64_t>(C_out) * P * 4 > kSmemBudget) P /= 2;
+  return P;
+}
+
+cudaError_t launch_forward_general(const ForwardArgs& a, cudaStream_t stream) {
+  const KernelShape& s = a.s;
+  const int P = general_forward_pixels_per_block(s.C_out);
+  if (P == 0) return cudaErrorInvalidValue;  // the host checks this first, with a clear message
+  const int64_t num_tiles = (s.total_pix + P - 1) / P;
+  const int grid = static_cast<int>(std::min<int64_t>(num_tiles, INT_MAX));
+  return dispatch_dtype(a.dtype, [&](auto* tag) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
+    igc_fwd_general_kernel<scalar_t><<<grid, kGeneralThreads, s.C_out * P * 4, stream>>>(
+        s, P, num_tiles, static_cast<const scalar_t*>(a.x), a.xst, a.w1, a.b1, a.w2, a.b2,
+        static_cast<const scalar_t*>(a.res), a.rst, static_cast<scalar_t*>(a.out), a.ost);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace cuda
 }  // namespace igc
-
-TORCH_LIBRARY_IMPL(igc_kernels, CUDA, m) {
-  m.impl("igc_conv", &igc::cuda::igc_conv_cuda);
-  m.impl("igc_conv_backward", &igc::cuda::igc_conv_backward_cuda);
-}
