@@ -228,7 +228,8 @@ MODES = ("forward", "forward+backward")
 FLOOR_ACTIVATIONS = {"forward": 2, "forward+backward": 6}
 
 
-def make_providers(shape: Shape, dtype: torch.dtype, device: str, backends: list[str]) -> dict[str, tuple]:
+def make_providers(shape: Shape, dtype: torch.dtype, device: str, backends: list[str],
+                   compile_stock: bool = True) -> dict[str, tuple]:
     """name -> (fn(x) -> out, x, params): the layer as each peer computes it (ReLU, shuffle, b2)."""
     s, L = shape, shape.L
     M = s.C // L
@@ -265,10 +266,15 @@ def make_providers(shape: Shape, dtype: torch.dtype, device: str, backends: list
         providers[f"fused {b} (channels_last)"] = (fused(b), x_cl, igc_params)
     providers["stock IGC, cuDNN (NCHW)"] = (stock, x, igc_params)
     providers["stock IGC, cuDNN (channels_last)"] = (stock, x_cl, igc_params)
-    providers["torch.compile(stock IGC) (channels_last)"] = (torch.compile(stock), x_cl, igc_params)
+    if compile_stock:
+        providers["torch.compile(stock IGC) (channels_last)"] = (torch.compile(stock), x_cl, igc_params)
     providers["dense nn.Conv2d 96->96 (NCHW)"] = (dense, x, [wd, b2])
     providers["dense nn.Conv2d 96->96 (channels_last)"] = (dense, x_cl, [wd, b2])
     providers["dense-equivalent conv (channels_last)"] = (dense_eq, x_cl, [weq_cl, beq])
+    # Every peer's forward+backward computes the weight gradients too (the providers close over
+    # these leaves; forward timings run under no_grad).
+    for t in (w1, w2, b2, wd, weq_cl, beq):
+        t.requires_grad_(True)
     return providers
 
 
@@ -285,15 +291,15 @@ def time_provider(fn: Callable, x: torch.Tensor, params: list[torch.Tensor], mod
 
         run()  # compile / autotune outside the timed region
         return do_bench(run, warmup=warmup, rep=rep, return_mode="median")
-    leaves = [x.detach().requires_grad_()] + [p.detach().requires_grad_() for p in params]
+    x_leaf = x.detach().requires_grad_()
     with torch.no_grad():
         grad = torch.randn_like(fn(x))
 
     def run():
-        fn(leaves[0]).backward(grad)
+        fn(x_leaf).backward(grad)
 
     run()
-    return do_bench(run, warmup=warmup, rep=rep, grad_to_none=leaves, return_mode="median")
+    return do_bench(run, warmup=warmup, rep=rep, grad_to_none=[x_leaf, *params], return_mode="median")
 
 
 def timing(report: Report, shapes, dtypes, device: str, backends: list[str], quick: bool, deadline: float) -> None:

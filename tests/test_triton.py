@@ -242,3 +242,18 @@ def test_kernels_compile_for_an_h100_class_gpu_without_one():
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [ln for ln in run.stdout.splitlines() if ln.startswith("sm_90")]
     assert [ln.split(" {")[0].split("channels_last ")[1] for ln in lines] == ["forward", "backward", "input grad"]
+
+
+def test_device_check_providers_compute_the_same_layer():
+    """Every IGC peer the GPU script times (fused, stock, dense-equivalent) computes one function."""
+    dc = _device_check_module()
+    providers = dc.make_providers(dc.Shape(1, 96, 5, 7), torch.float32, DEVICE, ["triton"], compile_stock=False)
+    outs = {}
+    for name, (fn, x, params) in providers.items():
+        assert all(p.requires_grad for p in params), name
+        with torch.no_grad():
+            outs[name] = fn(x)
+    want = outs["stock IGC, cuDNN (NCHW)"]
+    for name, out in outs.items():
+        if not name.startswith("dense nn.Conv2d"):  # the dense peer has its own weights
+            assert_close_to_reference(out, want, torch.float32, name)
