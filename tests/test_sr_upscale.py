@@ -8,7 +8,6 @@ from PIL import Image
 from igc_kernels.cli.evaluate import main as eval_main
 from igc_kernels.cli.upscale import main as upscale_main
 from igc_kernels.models import build_model
-from igc_kernels.sr.image_io import read_image
 from igc_kernels.sr.imresize import imresize
 from igc_kernels.sr.upscale import run_tiled, tile_spans, upscale_image
 from igc_kernels.sr.weights import save_weights

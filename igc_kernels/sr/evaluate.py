@@ -18,9 +18,8 @@ from typing import Sequence
 import numpy as np
 from torch import nn
 
-from .data import bicubic_pair, check_scale
+from .data import bicubic_pair, check_scale, load_y
 from .image_io import ImageReadError, list_images
-from .data import load_y
 from .metrics import PROTOCOL, psnr, ssim, to_uint8_scale
 from .upscale import sr_from_bicubic
 
