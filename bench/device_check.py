@@ -29,9 +29,9 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -171,7 +171,7 @@ def correctness(report: Report, backends: list[str], dtypes: list[torch.dtype], 
                     continue
                 try:
                     rows = check_case(backend, dtype, case, device, cname)
-                except Exception as exc:  # keep going: one failure must not hide the rest
+                except Exception as exc:  # noqa: BLE001  (one failure must not hide the rest)
                     report(f"- **ERROR** {backend} {dtype} {cname}: `{type(exc).__name__}: {exc}`")
                     report("```\n" + traceback.format_exc(limit=4) + "```")
                     all_ok = False
@@ -307,7 +307,7 @@ def timing(report: Report, shapes, dtypes, device: str, backends: list[str], qui
         for dtype in dtypes:
             try:
                 providers = make_providers(shape, dtype, device, backends)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  (report it, run the rest)
                 report(f"- **ERROR** building inputs for {shape} {dtype}: `{type(exc).__name__}: {exc}`")
                 continue
             for mode in MODES:
@@ -320,7 +320,7 @@ def timing(report: Report, shapes, dtypes, device: str, backends: list[str], qui
                         continue
                     try:
                         results[name] = time_provider(fn, x, params, mode, quick)
-                    except Exception as exc:
+                    except Exception as exc:  # noqa: BLE001  (report it, run the rest)
                         report(f"- **ERROR** {name} ({shape}, {dtype}, {mode}): `{type(exc).__name__}: {exc}`")
                     finally:
                         torch.cuda.empty_cache()
@@ -417,7 +417,7 @@ def main(argv=None) -> int:
         report()
         try:
             ok &= compile_check(report, device)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (report it, run the rest)
             report(f"- **ERROR** torch.compile of the Triton op: `{type(exc).__name__}: {exc}`")
             report("```\n" + traceback.format_exc(limit=6) + "```")
             ok = False

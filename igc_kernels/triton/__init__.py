@@ -26,7 +26,7 @@ def unavailable_reason() -> str | None:
                 from . import igc_conv  # noqa: F401  (registers the ops)
 
                 _REASON.append(None)
-            except Exception as exc:  # an incompatible triton or torch: say which
+            except Exception as exc:  # noqa: BLE001  (an incompatible triton or torch: say which)
                 _REASON.append(f"the Triton kernels failed to load: {type(exc).__name__}: {exc}")
     return _REASON[0]
 

@@ -33,7 +33,8 @@ def _sizes(x: torch.Tensor, w1: torch.Tensor, groups: int) -> dict:
     MP, MINP = triton.next_power_of_2(M), triton.next_power_of_2(M_IN)
     G = max(1, 16 // MP)  # primary groups per packed tile: G*MP >= 16 output columns
     QP = max(triton.next_power_of_2(triton.cdiv(L, G)), 16 // G)  # packs; QP*G >= 16 (secondary K)
-    return dict(L=L, M=M, M_IN=M_IN, KH=KH, KW=KW, G=G, QP=QP, KP=max(16, G * MINP), MINP=MINP, MP=MP)
+    return {"L": L, "M": M, "M_IN": M_IN, "KH": KH, "KW": KW, "G": G, "QP": QP, "KP": max(16, G * MINP),
+            "MINP": MINP, "MP": MP}
 
 
 def _pack_index(sz: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -141,7 +142,7 @@ def igc_conv_triton_backward(
     need_x, need_w1, need_b1, need_w2, need_b2 = (bool(v) for v in output_mask)
     sz = _sizes(x, w1, groups)
     P = n * ho * wo
-    f32 = dict(dtype=torch.float32, device=x.device)
+    f32 = {"dtype": torch.float32, "device": x.device}
     # Weight/bias gradients accumulate in fp32 (atomics), then take the parameter's dtype.
     # dL/dw1 is reduced in the packed layout of the primary's weights (see pack_w1).
     packed_numel = sz["KH"] * sz["KW"] * sz["QP"] * sz["KP"] * sz["G"] * sz["MP"]

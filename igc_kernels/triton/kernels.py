@@ -151,7 +151,7 @@ def igc_fwd_kernel(
     SHUFFLE: tl.constexpr, ACT: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    p, pmask, n, ho, wo = _pixels(tl.program_id(0), P, HO, WO, BLOCK_P)
+    _, pmask, n, ho, wo = _pixels(tl.program_id(0), P, HO, WO, BLOCK_P)
     LP: tl.constexpr = QP * G
     l = tl.arange(0, LP)
     m = tl.arange(0, MP)
