@@ -140,7 +140,7 @@ def test_eval_command(tmp_path, capsys, weights_file):
     assert "| Set5 | x4 | 5 |" in md.read_text()
     rows = csv.read_text().splitlines()
     assert rows[0] == "model,dataset,scale,image,psnr,ssim" and len(rows) == 1 + 5 + 1
-    rc = eval_main(["--weights", str(wpath), "--data", benchmark_folder("Set5"), "--scales", "4", "--tile", "48",
+    rc = eval_main(["--weights", str(wpath), "--data", benchmark_folder("Set5"), "--scales", "4", "--tile", "160",
                     "--no-progress"])
     assert rc == 0
     assert "Model: vdsr" in capsys.readouterr().out
