@@ -1,13 +1,23 @@
 """The CUDA C++ kernels (csrc/cuda/) against the float64 reference: forward and every gradient,
 fp32/fp16/bf16, NCHW and channels_last, the paper's shape (fast kernel) and odd general shapes.
 
-Needs a CUDA device; on a machine without one every test here is skipped by the ``requires_cuda``
-marker (CI proves the CUDA build separately with .ci/cuda_build.sh).
+Two ways to run the same kernels:
+- on a CUDA device, through the registered ops (tests marked ``requires_cuda``; skipped without a
+  GPU; CI proves the CUDA build separately with .ci/cuda_build.sh);
+- on the CPU, through the CUDA emulation (csrc/cuda/emulation/): the kernel sources compiled by the
+  host compiler, each CUDA thread a std::thread and __syncthreads a barrier. That runs the kernels'
+  real indexing, tiling, shared-memory use and reductions on any machine with g++ and the CUDA
+  headers (tests marked ``requires_emulation``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +34,6 @@ def _no_cuda_reason() -> str | None:
 
 
 requires_cuda = pytest.mark.skipif(_no_cuda_reason() is not None, reason=str(_no_cuda_reason()))
-pytestmark = requires_cuda
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -105,6 +114,18 @@ def _make_inputs(case: Case, dtype: torch.dtype, channels_last: bool, seed: int)
     return t
 
 
+def _away_from_relu_kink(t, case: Case, dtype: torch.dtype):
+    """In fp16/bf16 an output within rounding of 0 can land on either side of the ReLU, flipping
+    its gradient between 0 and grad_out for any implementation. Zero grad_out there (and only
+    there), so the comparison measures arithmetic error, not coin flips at the kink."""
+    if case.activation != 1 or dtype == torch.float32:
+        return t
+    d = {k: (v.double() if v is not None else None) for k, v in t.items()}
+    out = igc_conv_reference(d["x"], d["w1"], d["b1"], d["w2"], d["b2"], d["residual"], *_conf(case))
+    keep = out.abs() > 0.05 * out.abs().max()
+    return {**t, "grad": (t["grad"] * keep.to(dtype)).contiguous(memory_format=_layout(t["grad"]))}
+
+
 def _conf(case: Case):
     return (case.L, list(case.stride), list(case.padding), list(case.dilation), case.shuffle, case.activation)
 
@@ -135,17 +156,20 @@ def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a.double().cpu() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _cuda_kernel_registered():
+@pytest.fixture
+def cuda_kernel():
     # On a GPU machine a missing CUDA kernel is a build problem, not a reason to skip.
     assert _ext.has_kernel("CUDA"), _ext.EXT_ERROR or "igc_kernels._C was built without its CUDA kernels"
 
 
+@requires_cuda
+@pytest.mark.usefixtures("cuda_kernel")
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_forward_and_gradients_match_reference(case, dtype, channels_last):
     t = _make_inputs(case, dtype, channels_last, seed=hash((str(case), str(dtype), channels_last)) % 2**31)
+    t = _away_from_relu_kink(t, case, dtype)
     ref_out, ref_grads = _reference(t, case, "cpu", torch.float64)
     out, grads = _cuda_forward_backward(t, case)
     expected_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -167,6 +191,8 @@ def test_forward_and_gradients_match_reference(case, dtype, channels_last):
         assert err <= tol, f"{name}: relative error {err:.3g} > {tol:.3g} ({case}, {dtype})"
 
 
+@requires_cuda
+@pytest.mark.usefixtures("cuda_kernel")
 @pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=str)
 def test_fast_and_general_kernels_agree(case, monkeypatch):
     t = _make_inputs(case, torch.float32, False, seed=7)
@@ -176,6 +202,8 @@ def test_fast_and_general_kernels_agree(case, monkeypatch):
     torch.testing.assert_close(fast, general, rtol=1e-5, atol=1e-5)
 
 
+@requires_cuda
+@pytest.mark.usefixtures("cuda_kernel")
 def test_unrequested_gradients_are_empty():
     case = CASES[0]
     t = _make_inputs(case, torch.float32, True, seed=3)
@@ -190,6 +218,8 @@ def test_unrequested_gradients_are_empty():
                 assert g.numel() == 0
 
 
+@requires_cuda
+@pytest.mark.usefixtures("cuda_kernel")
 def test_empty_batch():
     case = dataclasses.replace(CASES[3], N=0)
     t = _make_inputs(case, torch.float32, False, seed=5)
@@ -199,6 +229,8 @@ def test_empty_batch():
         assert g.shape == t[name].shape and bool((g == 0).all())
 
 
+@requires_cuda
+@pytest.mark.usefixtures("cuda_kernel")
 def test_autograd_through_the_public_api():
     from igc_kernels.ops import igc_conv
 
@@ -217,6 +249,8 @@ def test_autograd_through_the_public_api():
         assert _rel_err(leaves[k].grad, ref[k].grad) <= FP32_TOL, k
 
 
+@requires_cuda
+@pytest.mark.usefixtures("cuda_kernel")
 def test_rejects_float64_with_a_clear_message():
     case = CASES[3]
     t = _make_inputs(case, torch.float64, False, seed=1)
@@ -224,9 +258,148 @@ def test_rejects_float64_with_a_clear_message():
         _cuda_forward_backward(t, case)
 
 
+@requires_cuda
+@pytest.mark.usefixtures("cuda_kernel")
 def test_rejects_mixed_devices():
     case = CASES[3]
     t = _make_inputs(case, torch.float32, False, seed=2)
     with pytest.raises(RuntimeError, match="w1 must be on the same device as x"):
         torch.ops.igc_kernels.igc_conv(t["x"].cuda(), t["w1"], t["b1"].cuda(), t["w2"].cuda(), t["b2"].cuda(),
                                        None, *_conf(case))
+
+
+# ---------------------------------------------------------------------------------------------
+# The same kernels on the CPU, through the CUDA emulation.
+
+EMU_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "cuda" / "emulation" / "igc_conv_emulated.cpp"
+
+
+def _cuda_include_dir() -> str | None:
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    for home in homes:
+        if home and (Path(home) / "include" / "cuda_fp16.h").exists():
+            return str(Path(home) / "include")
+    return None
+
+
+def _no_emulation_reason() -> str | None:
+    if shutil.which("g++") is None:
+        return "g++ not found (the CUDA emulation is compiled with the host compiler)"
+    if _cuda_include_dir() is None:
+        return "CUDA headers (cuda_fp16.h) not found under CUDA_HOME, CUDA_PATH or /usr/local/cuda"
+    return None
+
+
+requires_emulation = pytest.mark.skipif(_no_emulation_reason() is not None, reason=str(_no_emulation_reason()))
+EMU_DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+EMU_MAX_BLOCKS = 3  # few blocks: the grid-stride loops and multi-row partial sums run on small inputs
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    lib = tmp_path_factory.mktemp("cuda_emulation") / "libigc_cuda_emulated.so"
+    cmd = ["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-Wall", "-Wno-unknown-pragmas",
+           f"-I{_cuda_include_dir()}", f"-I{EMU_SOURCE.parent.parent.parent}", str(EMU_SOURCE), "-o", str(lib)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return ctypes.CDLL(str(lib))
+
+
+def _i64(values) -> ctypes.Array:
+    return (ctypes.c_int64 * len(values))(*values)
+
+
+def _ptr(t: torch.Tensor | None):
+    return ctypes.c_void_p(t.data_ptr()) if t is not None and t.numel() > 0 else None
+
+
+def _emu_params(case: Case, t) -> tuple[list[int], int, int]:
+    n, c_in, h, w = t["x"].shape
+    c_out = case.L * case.M
+    h_out = (h + 2 * case.padding[0] - case.dilation[0] * (case.k[0] - 1) - 1) // case.stride[0] + 1
+    w_out = (w + 2 * case.padding[1] - case.dilation[1] * (case.k[1] - 1) - 1) // case.stride[1] + 1
+    params = [n, c_in, h, w, c_out, h_out, w_out, case.L, case.M_in, case.M, *case.k, *case.stride,
+              *case.padding, *case.dilation, int(case.shuffle), int(case.activation == 1)]
+    return params, h_out, w_out
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """The memory format the kernels give outputs of x (ATen's suggest_memory_format)."""
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+def _emu_forward(emu, case: Case, t, fast: bool) -> torch.Tensor:
+    params, h_out, w_out = _emu_params(case, t)
+    x = t["x"]
+    out = torch.empty(x.shape[0], case.L * case.M, h_out, w_out, dtype=x.dtype).contiguous(
+        memory_format=_layout(x)
+    )
+    f32 = {k: (t[k].float().contiguous() if t[k] is not None else None) for k in ("w1", "b1", "w2", "b2")}
+    res = t["residual"]
+    rc = emu.igc_emu_forward(
+        _i64(params), EMU_DTYPE[x.dtype], int(fast), EMU_MAX_BLOCKS, _ptr(x), _i64(x.stride()), _ptr(f32["w1"]),
+        _ptr(f32["b1"]), _ptr(f32["w2"]), _ptr(f32["b2"]), _ptr(res), _i64(res.stride()) if res is not None else None,
+        _ptr(out), _i64(out.stride()),
+    )
+    assert rc == 0, f"igc_emu_forward returned {rc}"
+    return out
+
+
+def _emu_backward(emu, case: Case, t, out: torch.Tensor) -> list[torch.Tensor]:
+    params, _, _ = _emu_params(case, t)
+    x, w1, w2 = t["x"], t["w1"], t["w2"]
+    c_out = case.L * case.M
+    gx = torch.empty_like(x, memory_format=_layout(x))
+    gw1, gw2 = torch.empty_like(w1.contiguous()), torch.empty_like(w2.contiguous())
+    gb1, gb2 = torch.empty(c_out, dtype=x.dtype), torch.empty(c_out, dtype=x.dtype)
+    seg_w2 = c_out * case.L
+    seg = [seg_w2, seg_w2 + c_out, seg_w2 + c_out + w1.numel(), seg_w2 + 2 * c_out + w1.numel(), 1, 1]
+    rows = emu.igc_emu_backward_rows(_i64(params), EMU_MAX_BLOCKS)
+    partial = torch.zeros(rows, seg[3], dtype=torch.float32)
+    total_pix = out.shape[0] * out.shape[2] * out.shape[3]
+    ws = torch.full((c_out, total_pix), float("nan"), dtype=torch.float32)  # every entry must be written
+    f32 = {k: (t[k].float().contiguous() if t[k] is not None else None) for k in ("w1", "b1", "w2")}
+    emu.igc_emu_backward.restype = ctypes.c_int
+    rc = emu.igc_emu_backward(
+        _i64(params), EMU_DTYPE[x.dtype], _i64(seg), EMU_MAX_BLOCKS, _ptr(t["grad"]), _i64(t["grad"].stride()),
+        _ptr(out), _i64(out.stride()), _ptr(x), _i64(x.stride()), _ptr(f32["w1"]), _ptr(f32["b1"]), _ptr(f32["w2"]),
+        _ptr(ws), _ptr(partial), _ptr(gw2), _ptr(gb2), _ptr(gw1), _ptr(gb1), _ptr(gx), _i64(gx.stride()),
+        ctypes.c_int64(gx.numel()),
+    )
+    assert rc == 0, f"igc_emu_backward returned {rc}"
+    return [gx, gw1, gb1, gw2, gb2]
+
+
+def _fast_applies(case: Case) -> bool:
+    return (case.L, case.M_in, case.M, case.k, case.stride, case.dilation) == (24, 4, 4, (3, 3), (1, 1), (1, 1))
+
+
+EMU_COMBOS = [(torch.float32, False), (torch.float32, True), (torch.float16, True), (torch.bfloat16, False)]
+
+
+@requires_emulation
+@pytest.mark.parametrize("dtype,channels_last", EMU_COMBOS, ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_emulated_kernels_match_reference(emu, case, dtype, channels_last):
+    t = _make_inputs(case, dtype, channels_last, seed=hash((str(case), str(dtype), channels_last, 1)) % 2**31)
+    t = _away_from_relu_kink(t, case, dtype)
+    ref_out, ref_grads = _reference(t, case, "cpu", torch.float64)
+    out = _emu_forward(emu, case, t, fast=_fast_applies(case))
+    grads = _emu_backward(emu, case, t, out)
+    tol = FP32_TOL if dtype == torch.float32 else LOW_FLOOR[dtype]
+    names = ["out", "grad_x", "grad_w1", "grad_b1", "grad_w2", "grad_b2"]
+    for name, a, r in zip(names, [out, *grads], [ref_out, *ref_grads]):
+        if r is None:
+            continue
+        err = _rel_err(a, r)
+        assert err <= tol, f"{name}: relative error {err:.3g} > {tol:.3g} ({case}, {dtype})"
+
+
+@requires_emulation
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_emulated_fast_and_general_forward_agree(emu, channels_last):
+    case = CASES[0]
+    t = _make_inputs(case, torch.float32, channels_last, seed=13)
+    fast = _emu_forward(emu, case, t, fast=True)
+    general = _emu_forward(emu, case, t, fast=False)
+    torch.testing.assert_close(fast, general, rtol=1e-5, atol=1e-5)

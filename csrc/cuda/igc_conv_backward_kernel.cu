@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(kThreads)
                        Strides4 gst, const scalar_t* __restrict__ outp, Strides4 ost, const scalar_t* __restrict__ x,
                        Strides4 xst, const float* __restrict__ w1, const float* __restrict__ b1,
                        const float* __restrict__ w2, float* __restrict__ ws, float* __restrict__ partial) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  IGC_DYNAMIC_SMEM(smem);
   const int PS = P + 1;  // odd row stride (P is a power of two): fewer bank conflicts across rows
   float* gsm = reinterpret_cast<float*>(smem);  // [C_out][PS], secondary channel order c2 = m*L + j
   float* y1s = gsm + s.C_out * PS;              // [C_mid][PS]
@@ -204,6 +204,7 @@ int backward_pixels_per_tile(int C_out) {
   return P;
 }
 
+#ifndef IGC_CUDA_EMULATION  // the emulation launches the kernels itself
 cudaError_t launch_backward(const BackwardArgs& a, cudaStream_t stream) {
   const KernelShape& s = a.s;
   const Segments& seg = a.seg;
@@ -233,6 +234,7 @@ cudaError_t launch_backward(const BackwardArgs& a, cudaStream_t stream) {
     return err;
   });
 }
+#endif  // IGC_CUDA_EMULATION
 
 }  // namespace cuda
 }  // namespace igc

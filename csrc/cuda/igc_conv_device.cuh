@@ -6,6 +6,16 @@
 
 #include "igc_conv_cuda.h"
 
+// Dynamic shared memory of a kernel. Under IGC_CUDA_EMULATION the kernels are compiled as plain
+// C++ and run on the CPU (emulation/cuda_emulation.h: one thread per CUDA thread, a barrier for
+// __syncthreads), which lets machines without a GPU execute and test them.
+#ifdef IGC_CUDA_EMULATION
+#include "emulation/cuda_emulation.h"
+#define IGC_DYNAMIC_SMEM(name) unsigned char* name = ::igc_emu::shared_memory()
+#else
+#define IGC_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 namespace igc {
 namespace cuda {
 

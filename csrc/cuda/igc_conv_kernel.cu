@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     igc_fwd_fast_kernel(KernelShape s, const scalar_t* __restrict__ x, Strides4 xst, const float* __restrict__ w1,
                         const float* __restrict__ b1, const float* __restrict__ w2, const float* __restrict__ b2,
                         const scalar_t* __restrict__ res, Strides4 rst, scalar_t* __restrict__ out, Strides4 ost) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  IGC_DYNAMIC_SMEM(smem);
   float4* w1s = reinterpret_cast<float4*>(smem);
   float* w2s = reinterpret_cast<float*>(smem + kOffW2);
   float* b1s = reinterpret_cast<float*>(smem + kOffB1);
@@ -196,7 +196,7 @@ __global__ void __launch_bounds__(kGeneralThreads)
                            const float* __restrict__ w1, const float* __restrict__ b1, const float* __restrict__ w2,
                            const float* __restrict__ b2, const scalar_t* __restrict__ res, Strides4 rst,
                            scalar_t* __restrict__ out, Strides4 ost) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  IGC_DYNAMIC_SMEM(smem);
   float* y1s = reinterpret_cast<float*>(smem);  // [C_mid][P]: consecutive threads, consecutive pixels
   const int CP = s.C_out * P;
   for (int64_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
@@ -243,6 +243,14 @@ int fast_forward_smem_bytes(DType dtype) {
   return dtype == DType::kFloat32 ? fast::smem_bytes<float>() : fast::smem_bytes<__half>();
 }
 
+int general_forward_pixels_per_block(int C_out) {
+  if (static_cast<int64_t>(C_out) * 4 > kSmemBudget) return 0;
+  int P = 64;  // as many pixels as fit y1 of all channels into the static budget
+  while (P > 1 && static_cast<int64_t>(C_out) * P * 4 > kSmemBudget) P /= 2;
+  return P;
+}
+
+#ifndef IGC_CUDA_EMULATION  // the emulation launches the kernels itself
 cudaError_t launch_forward_fast(const ForwardArgs& a, cudaStream_t stream) {
   return dispatch_dtype(a.dtype, [&](auto* tag) {
     using scalar_t = std::remove_pointer_t<decltype(tag)>;
@@ -259,13 +267,6 @@ cudaError_t launch_forward_fast(const ForwardArgs& a, cudaStream_t stream) {
   });
 }
 
-int general_forward_pixels_per_block(int C_out) {
-  if (static_cast<int64_t>(C_out) * 4 > kSmemBudget) return 0;
-  int P = 64;  // as many pixels as fit y1 of all channels into the static budget
-  while (P > 1 && static_cast<int64_t>(C_out) * P * 4 > kSmemBudget) P /= 2;
-  return P;
-}
-
 cudaError_t launch_forward_general(const ForwardArgs& a, cudaStream_t stream) {
   const KernelShape& s = a.s;
   const int P = general_forward_pixels_per_block(s.C_out);
@@ -280,6 +281,7 @@ cudaError_t launch_forward_general(const ForwardArgs& a, cudaStream_t stream) {
     return cudaGetLastError();
   });
 }
+#endif  // IGC_CUDA_EMULATION
 
 }  // namespace cuda
 }  // namespace igc
