@@ -73,17 +73,52 @@ class Case:
         )
 
 
-PAPER = dict(L=24, M_in=4, M=4, k=(3, 3), padding=(1, 1))
+PAPER = {"L": 24, "M_in": 4, "M": 4, "k": (3, 3), "padding": (1, 1)}
 CASES = [
     # The paper's layer (fast kernel): tiles of 8x32 with ragged edges in both directions.
     Case(**PAPER, activation=1, b1=True, b2=True, residual=True, N=2, H=13, W=37),
     Case(**{**PAPER, "padding": (0, 0)}, shuffle=False, N=1, H=10, W=33),
     Case(**{**PAPER, "padding": (2, 1)}, activation=1, b2=True, N=1, H=5, W=7),
     # General kernel: every other shape.
-    Case(L=3, M_in=2, M=5, k=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), b1=True, b2=True, N=2),
+    Case(
+        L=3,
+        M_in=2,
+        M=5,
+        k=(3, 2),
+        stride=(2, 1),
+        padding=(1, 0),
+        dilation=(1, 2),
+        b1=True,
+        b2=True,
+        N=2,
+    ),
     Case(L=1, M_in=3, M=2, k=(1, 1), activation=1, residual=True, N=1, H=7, W=5),
-    Case(L=5, M_in=1, M=1, k=(5, 5), stride=(3, 3), padding=(2, 2), shuffle=False, b1=True, N=3, H=13, W=8),
-    Case(L=4, M_in=4, M=4, k=(3, 3), padding=(1, 1), dilation=(2, 2), activation=1, b1=True, b2=True, H=9, W=9),
+    Case(
+        L=5,
+        M_in=1,
+        M=1,
+        k=(5, 5),
+        stride=(3, 3),
+        padding=(2, 2),
+        shuffle=False,
+        b1=True,
+        N=3,
+        H=13,
+        W=8,
+    ),
+    Case(
+        L=4,
+        M_in=4,
+        M=4,
+        k=(3, 3),
+        padding=(1, 1),
+        dilation=(2, 2),
+        activation=1,
+        b1=True,
+        b2=True,
+        H=9,
+        W=9,
+    ),
 ]
 
 
@@ -91,22 +126,26 @@ def _make_inputs(case: Case, dtype: torch.dtype, channels_last: bool, seed: int)
     """Fresh random inputs, rounded to ``dtype`` once, so every path sees the same values."""
     g = torch.Generator().manual_seed(seed)
     c_in, c_out = case.L * case.M_in, case.L * case.M
-    h_out = (case.H + 2 * case.padding[0] - case.dilation[0] * (case.k[0] - 1) - 1) // case.stride[0] + 1
-    w_out = (case.W + 2 * case.padding[1] - case.dilation[1] * (case.k[1] - 1) - 1) // case.stride[1] + 1
+    h_out = (case.H + 2 * case.padding[0] - case.dilation[0] * (case.k[0] - 1) - 1) // case.stride[
+        0
+    ] + 1
+    w_out = (case.W + 2 * case.padding[1] - case.dilation[1] * (case.k[1] - 1) - 1) // case.stride[
+        1
+    ] + 1
 
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
 
     fan1 = case.M_in * case.k[0] * case.k[1]
-    t = dict(
-        x=rnd(case.N, c_in, case.H, case.W),
-        w1=rnd(c_out, case.M_in, *case.k, scale=fan1**-0.5),
-        b1=rnd(c_out, scale=0.5) if case.b1 else None,
-        w2=rnd(c_out, case.L, 1, 1, scale=case.L**-0.5),
-        b2=rnd(c_out, scale=0.5) if case.b2 else None,
-        residual=rnd(case.N, c_out, h_out, w_out) if case.residual else None,
-        grad=rnd(case.N, c_out, h_out, w_out),
-    )
+    t = {
+        "x": rnd(case.N, c_in, case.H, case.W),
+        "w1": rnd(c_out, case.M_in, *case.k, scale=fan1**-0.5),
+        "b1": rnd(c_out, scale=0.5) if case.b1 else None,
+        "w2": rnd(c_out, case.L, 1, 1, scale=case.L**-0.5),
+        "b2": rnd(c_out, scale=0.5) if case.b2 else None,
+        "residual": rnd(case.N, c_out, h_out, w_out) if case.residual else None,
+        "grad": rnd(case.N, c_out, h_out, w_out),
+    }
     if channels_last:
         for name in ("x", "residual", "grad"):
             if t[name] is not None:
@@ -121,32 +160,63 @@ def _away_from_relu_kink(t, case: Case, dtype: torch.dtype):
     if case.activation != 1 or dtype == torch.float32:
         return t
     d = {k: (v.double() if v is not None else None) for k, v in t.items()}
-    out = igc_conv_reference(d["x"], d["w1"], d["b1"], d["w2"], d["b2"], d["residual"], *_conf(case))
+    out = igc_conv_reference(
+        d["x"], d["w1"], d["b1"], d["w2"], d["b2"], d["residual"], *_conf(case)
+    )
     keep = out.abs() > 0.05 * out.abs().max()
     return {**t, "grad": (t["grad"] * keep.to(dtype)).contiguous(memory_format=_layout(t["grad"]))}
 
 
 def _conf(case: Case):
-    return (case.L, list(case.stride), list(case.padding), list(case.dilation), case.shuffle, case.activation)
+    return (
+        case.L,
+        list(case.stride),
+        list(case.padding),
+        list(case.dilation),
+        case.shuffle,
+        case.activation,
+    )
 
 
 def _reference(t, case: Case, device, dtype):
     """Forward and the five gradients of the reference on ``device`` in ``dtype``."""
-    leaves = {k: (v.to(device=device, dtype=dtype).requires_grad_(k in ("x", "w1", "b1", "w2", "b2")))
-              if v is not None else None for k, v in t.items() if k != "grad"}
+    leaves = {
+        k: (v.to(device=device, dtype=dtype).requires_grad_(k in ("x", "w1", "b1", "w2", "b2")))
+        if v is not None
+        else None
+        for k, v in t.items()
+        if k != "grad"
+    }
     out = igc_conv_reference(
-        leaves["x"], leaves["w1"], leaves["b1"], leaves["w2"], leaves["b2"], leaves["residual"], *_conf(case)
+        leaves["x"],
+        leaves["w1"],
+        leaves["b1"],
+        leaves["w2"],
+        leaves["b2"],
+        leaves["residual"],
+        *_conf(case),
     )
     out.backward(t["grad"].to(device=device, dtype=dtype))
-    grads = [leaves[k].grad if leaves[k] is not None else None for k in ("x", "w1", "b1", "w2", "b2")]
+    grads = [
+        leaves[k].grad if leaves[k] is not None else None for k in ("x", "w1", "b1", "w2", "b2")
+    ]
     return out.detach(), grads
 
 
 def _cuda_forward_backward(t, case: Case, mask=(True, True, True, True, True)):
     d = {k: (v.cuda() if v is not None else None) for k, v in t.items()}
-    out = torch.ops.igc_kernels.igc_conv(d["x"], d["w1"], d["b1"], d["w2"], d["b2"], d["residual"], *_conf(case))
+    out = torch.ops.igc_kernels.igc_conv(
+        d["x"], d["w1"], d["b1"], d["w2"], d["b2"], d["residual"], *_conf(case)
+    )
     grads = torch.ops.igc_kernels.igc_conv_backward(
-        d["grad"], d["x"], d["w1"], d["b1"], d["w2"], out if case.activation else None, *_conf(case), list(mask)
+        d["grad"],
+        d["x"],
+        d["w1"],
+        d["b1"],
+        d["w2"],
+        out if case.activation else None,
+        *_conf(case),
+        list(mask),
     )
     return out, list(grads)
 
@@ -159,7 +229,9 @@ def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.fixture
 def cuda_kernel():
     # On a GPU machine a missing CUDA kernel is a build problem, not a reason to skip.
-    assert _ext.has_kernel("CUDA"), _ext.EXT_ERROR or "igc_kernels._C was built without its CUDA kernels"
+    assert _ext.has_kernel("CUDA"), (
+        _ext.EXT_ERROR or "igc_kernels._C was built without its CUDA kernels"
+    )
 
 
 @requires_cuda
@@ -168,7 +240,9 @@ def cuda_kernel():
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_forward_and_gradients_match_reference(case, dtype, channels_last):
-    t = _make_inputs(case, dtype, channels_last, seed=hash((str(case), str(dtype), channels_last)) % 2**31)
+    t = _make_inputs(
+        case, dtype, channels_last, seed=hash((str(case), str(dtype), channels_last)) % 2**31
+    )
     t = _away_from_relu_kink(t, case, dtype)
     ref_out, ref_grads = _reference(t, case, "cpu", torch.float64)
     out, grads = _cuda_forward_backward(t, case)
@@ -181,10 +255,15 @@ def test_forward_and_gradients_match_reference(case, dtype, channels_last):
     else:
         # PyTorch's own error in this dtype (the stock ops on the GPU), against the same oracle.
         torch_out, torch_grads = _reference(t, case, "cuda", dtype)
-        tols = [max(2 * _rel_err(r, o), LOW_FLOOR[dtype]) for r, o in zip([torch_out, *torch_grads],
-                                                                           [ref_out, *ref_grads]) if o is not None]
+        tols = [
+            max(2 * _rel_err(r, o), LOW_FLOOR[dtype])
+            for r, o in zip([torch_out, *torch_grads], [ref_out, *ref_grads])
+            if o is not None
+        ]
     names = ["out", "grad_x", "grad_w1", "grad_b1", "grad_w2", "grad_b2"]
-    pairs = [(n, a, r) for n, a, r in zip(names, [out, *grads], [ref_out, *ref_grads]) if r is not None]
+    pairs = [
+        (n, a, r) for n, a, r in zip(names, [out, *grads], [ref_out, *ref_grads]) if r is not None
+    ]
     for (name, a, r), tol in zip(pairs, tols):
         assert a.shape == r.shape, f"{name}: shape {tuple(a.shape)} != {tuple(r.shape)}"
         err = _rel_err(a, r)
@@ -237,16 +316,27 @@ def test_autograd_through_the_public_api():
     case = CASES[0]
     t = _make_inputs(case, torch.float32, True, seed=11)
     leaves = {k: t[k].cuda().requires_grad_() for k in ("x", "w1", "w2", "b1", "b2", "residual")}
-    out = igc_conv(leaves["x"], leaves["w1"], leaves["w2"], leaves["b1"], leaves["b2"], padding=1,
-                   activation="relu", residual=leaves["residual"], backend="cuda")
+    out = igc_conv(
+        leaves["x"],
+        leaves["w1"],
+        leaves["w2"],
+        leaves["b1"],
+        leaves["b2"],
+        padding=1,
+        activation="relu",
+        residual=leaves["residual"],
+        backend="cuda",
+    )
     out.backward(t["grad"].cuda())
     ref_out, _ = _reference(t, case, "cpu", torch.float64)
     assert _rel_err(out.detach(), ref_out) <= FP32_TOL
     ref = {k: t[k].double().requires_grad_() for k in leaves}
-    ref_y = igc_conv_reference(ref["x"], ref["w1"], ref["b1"], ref["w2"], ref["b2"], ref["residual"], *_conf(case))
+    ref_y = igc_conv_reference(
+        ref["x"], ref["w1"], ref["b1"], ref["w2"], ref["b2"], ref["residual"], *_conf(case)
+    )
     ref_y.backward(t["grad"].double())
-    for k in leaves:
-        assert _rel_err(leaves[k].grad, ref[k].grad) <= FP32_TOL, k
+    for k, leaf in leaves.items():
+        assert _rel_err(leaf.grad, ref[k].grad) <= FP32_TOL, k
 
 
 @requires_cuda
@@ -264,14 +354,23 @@ def test_rejects_mixed_devices():
     case = CASES[3]
     t = _make_inputs(case, torch.float32, False, seed=2)
     with pytest.raises(RuntimeError, match="w1 must be on the same device as x"):
-        torch.ops.igc_kernels.igc_conv(t["x"].cuda(), t["w1"], t["b1"].cuda(), t["w2"].cuda(), t["b2"].cuda(),
-                                       None, *_conf(case))
+        torch.ops.igc_kernels.igc_conv(
+            t["x"].cuda(),
+            t["w1"],
+            t["b1"].cuda(),
+            t["w2"].cuda(),
+            t["b2"].cuda(),
+            None,
+            *_conf(case),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # The same kernels on the CPU, through the CUDA emulation.
 
-EMU_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "cuda" / "emulation" / "igc_conv_emulated.cpp"
+EMU_SOURCE = (
+    Path(__file__).resolve().parent.parent / "csrc" / "cuda" / "emulation" / "igc_conv_emulated.cpp"
+)
 
 
 def _cuda_include_dir() -> str | None:
@@ -290,16 +389,33 @@ def _no_emulation_reason() -> str | None:
     return None
 
 
-requires_emulation = pytest.mark.skipif(_no_emulation_reason() is not None, reason=str(_no_emulation_reason()))
+requires_emulation = pytest.mark.skipif(
+    _no_emulation_reason() is not None, reason=str(_no_emulation_reason())
+)
 EMU_DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-EMU_MAX_BLOCKS = 3  # few blocks: the grid-stride loops and multi-row partial sums run on small inputs
+EMU_MAX_BLOCKS = (
+    3  # few blocks: the grid-stride loops and multi-row partial sums run on small inputs
+)
 
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
     lib = tmp_path_factory.mktemp("cuda_emulation") / "libigc_cuda_emulated.so"
-    cmd = ["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-Wall", "-Wno-unknown-pragmas",
-           f"-I{_cuda_include_dir()}", f"-I{EMU_SOURCE.parent.parent.parent}", str(EMU_SOURCE), "-o", str(lib)]
+    cmd = [
+        "g++",
+        "-std=c++20",
+        "-O1",
+        "-fPIC",
+        "-shared",
+        "-pthread",
+        "-Wall",
+        "-Wno-unknown-pragmas",
+        f"-I{_cuda_include_dir()}",
+        f"-I{EMU_SOURCE.parent.parent.parent}",
+        str(EMU_SOURCE),
+        "-o",
+        str(lib),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return ctypes.CDLL(str(lib))
 
@@ -317,8 +433,24 @@ def _emu_params(case: Case, t) -> tuple[list[int], int, int]:
     c_out = case.L * case.M
     h_out = (h + 2 * case.padding[0] - case.dilation[0] * (case.k[0] - 1) - 1) // case.stride[0] + 1
     w_out = (w + 2 * case.padding[1] - case.dilation[1] * (case.k[1] - 1) - 1) // case.stride[1] + 1
-    params = [n, c_in, h, w, c_out, h_out, w_out, case.L, case.M_in, case.M, *case.k, *case.stride,
-              *case.padding, *case.dilation, int(case.shuffle), int(case.activation == 1)]
+    params = [
+        n,
+        c_in,
+        h,
+        w,
+        c_out,
+        h_out,
+        w_out,
+        case.L,
+        case.M_in,
+        case.M,
+        *case.k,
+        *case.stride,
+        *case.padding,
+        *case.dilation,
+        int(case.shuffle),
+        int(case.activation == 1),
+    ]
     return params, h_out, w_out
 
 
@@ -334,12 +466,26 @@ def _emu_forward(emu, case: Case, t, fast: bool) -> torch.Tensor:
     out = torch.empty(x.shape[0], case.L * case.M, h_out, w_out, dtype=x.dtype).contiguous(
         memory_format=_layout(x)
     )
-    f32 = {k: (t[k].float().contiguous() if t[k] is not None else None) for k in ("w1", "b1", "w2", "b2")}
+    f32 = {
+        k: (t[k].float().contiguous() if t[k] is not None else None)
+        for k in ("w1", "b1", "w2", "b2")
+    }
     res = t["residual"]
     rc = emu.igc_emu_forward(
-        _i64(params), EMU_DTYPE[x.dtype], int(fast), EMU_MAX_BLOCKS, _ptr(x), _i64(x.stride()), _ptr(f32["w1"]),
-        _ptr(f32["b1"]), _ptr(f32["w2"]), _ptr(f32["b2"]), _ptr(res), _i64(res.stride()) if res is not None else None,
-        _ptr(out), _i64(out.stride()),
+        _i64(params),
+        EMU_DTYPE[x.dtype],
+        int(fast),
+        EMU_MAX_BLOCKS,
+        _ptr(x),
+        _i64(x.stride()),
+        _ptr(f32["w1"]),
+        _ptr(f32["b1"]),
+        _ptr(f32["w2"]),
+        _ptr(f32["b2"]),
+        _ptr(res),
+        _i64(res.stride()) if res is not None else None,
+        _ptr(out),
+        _i64(out.stride()),
     )
     assert rc == 0, f"igc_emu_forward returned {rc}"
     return out
@@ -353,17 +499,44 @@ def _emu_backward(emu, case: Case, t, out: torch.Tensor) -> list[torch.Tensor]:
     gw1, gw2 = torch.empty_like(w1.contiguous()), torch.empty_like(w2.contiguous())
     gb1, gb2 = torch.empty(c_out, dtype=x.dtype), torch.empty(c_out, dtype=x.dtype)
     seg_w2 = c_out * case.L
-    seg = [seg_w2, seg_w2 + c_out, seg_w2 + c_out + w1.numel(), seg_w2 + 2 * c_out + w1.numel(), 1, 1]
+    seg = [
+        seg_w2,
+        seg_w2 + c_out,
+        seg_w2 + c_out + w1.numel(),
+        seg_w2 + 2 * c_out + w1.numel(),
+        1,
+        1,
+    ]
     rows = emu.igc_emu_backward_rows(_i64(params), EMU_MAX_BLOCKS)
     partial = torch.zeros(rows, seg[3], dtype=torch.float32)
     total_pix = out.shape[0] * out.shape[2] * out.shape[3]
-    ws = torch.full((c_out, total_pix), float("nan"), dtype=torch.float32)  # every entry must be written
+    ws = torch.full(
+        (c_out, total_pix), float("nan"), dtype=torch.float32
+    )  # every entry must be written
     f32 = {k: (t[k].float().contiguous() if t[k] is not None else None) for k in ("w1", "b1", "w2")}
     emu.igc_emu_backward.restype = ctypes.c_int
     rc = emu.igc_emu_backward(
-        _i64(params), EMU_DTYPE[x.dtype], _i64(seg), EMU_MAX_BLOCKS, _ptr(t["grad"]), _i64(t["grad"].stride()),
-        _ptr(out), _i64(out.stride()), _ptr(x), _i64(x.stride()), _ptr(f32["w1"]), _ptr(f32["b1"]), _ptr(f32["w2"]),
-        _ptr(ws), _ptr(partial), _ptr(gw2), _ptr(gb2), _ptr(gw1), _ptr(gb1), _ptr(gx), _i64(gx.stride()),
+        _i64(params),
+        EMU_DTYPE[x.dtype],
+        _i64(seg),
+        EMU_MAX_BLOCKS,
+        _ptr(t["grad"]),
+        _i64(t["grad"].stride()),
+        _ptr(out),
+        _i64(out.stride()),
+        _ptr(x),
+        _i64(x.stride()),
+        _ptr(f32["w1"]),
+        _ptr(f32["b1"]),
+        _ptr(f32["w2"]),
+        _ptr(ws),
+        _ptr(partial),
+        _ptr(gw2),
+        _ptr(gb2),
+        _ptr(gw1),
+        _ptr(gb1),
+        _ptr(gx),
+        _i64(gx.stride()),
         ctypes.c_int64(gx.numel()),
     )
     assert rc == 0, f"igc_emu_backward returned {rc}"
@@ -371,17 +544,33 @@ def _emu_backward(emu, case: Case, t, out: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _fast_applies(case: Case) -> bool:
-    return (case.L, case.M_in, case.M, case.k, case.stride, case.dilation) == (24, 4, 4, (3, 3), (1, 1), (1, 1))
+    return (case.L, case.M_in, case.M, case.k, case.stride, case.dilation) == (
+        24,
+        4,
+        4,
+        (3, 3),
+        (1, 1),
+        (1, 1),
+    )
 
 
-EMU_COMBOS = [(torch.float32, False), (torch.float32, True), (torch.float16, True), (torch.bfloat16, False)]
+EMU_COMBOS = [
+    (torch.float32, False),
+    (torch.float32, True),
+    (torch.float16, True),
+    (torch.bfloat16, False),
+]
 
 
 @requires_emulation
-@pytest.mark.parametrize("dtype,channels_last", EMU_COMBOS, ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize(
+    "dtype,channels_last", EMU_COMBOS, ids=lambda v: str(v).replace("torch.", "")
+)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_emulated_kernels_match_reference(emu, case, dtype, channels_last):
-    t = _make_inputs(case, dtype, channels_last, seed=hash((str(case), str(dtype), channels_last, 1)) % 2**31)
+    t = _make_inputs(
+        case, dtype, channels_last, seed=hash((str(case), str(dtype), channels_last, 1)) % 2**31
+    )
     t = _away_from_relu_kink(t, case, dtype)
     ref_out, ref_grads = _reference(t, case, "cpu", torch.float64)
     out = _emu_forward(emu, case, t, fast=_fast_applies(case))
