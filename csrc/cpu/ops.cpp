@@ -413,7 +413,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
               S* d = gs.data() + g.c2_of_oc[oc] * kSegB;
               if (relu) {
                 const T* orow = outp + n * os.n + oc * os.c + oy * os.h + p0;
-                for (int64_t i = 0; i < len; ++i) d[i] = S(orow[i]) > S(0) ? S(gr[i]) : S(0);
+                for (int64_t i = 0; i < len; ++i) {  // both loads unconditional: a select, no branch
+                  const S gv = S(gr[i]);
+                  d[i] = S(orow[i]) > S(0) ? gv : S(0);
+                }
               } else {
                 for (int64_t i = 0; i < len; ++i) d[i] = S(gr[i]);
               }
