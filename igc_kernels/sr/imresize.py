@@ -6,8 +6,9 @@ pixel-centre alignment ``u = x / scale + 0.5 * (1 - 1 / scale)``; symmetric mirr
 borders; output size ``ceil(in * scale)``; one 1-D pass per axis, the axis with the smaller scale
 first (rows first when equal). PIL, OpenCV, skimage and ``F.interpolate`` differ by up to 1-2 dB.
 
-Each 1-D pass is ``out = W @ in`` with a dense ``(out_len, in_len)`` matrix that folds the
-mirrored border taps in; matrices are cached per (in_len, out_len, scale).
+Each 1-D pass is ``out = W @ in`` with one sparse banded ``(out_len, in_len)`` weight matrix per
+axis (mirrored border taps folded in), stored as (indices, weights) per output and cached per
+(in_len, out_len, scale); ``weight_matrix`` gives it dense.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ def cubic(x: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=256)
-def weight_matrix(in_len: int, out_len: int, scale: float, antialiasing: bool = True) -> np.ndarray:
-    """The ``(out_len, in_len)`` float64 matrix of one MATLAB bicubic pass along an axis.
+def contributions(in_len: int, out_len: int, scale: float, antialiasing: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, weights), both ``(out_len, taps)``: output i = sum_k weights[i, k] * in[indices[i, k]].
 
     Port of MATLAB's ``contributions()``: 1-based output coordinates, ``ceil(kernel_width) + 2``
-    taps per output, weights normalised to sum 1, indices mirrored as ``[1..n, n..1]``.
+    taps per output, weights normalised to sum 1, indices mirrored as ``[1..n, n..1]``, taps
+    whose weight is zero for every output dropped.
     """
     if in_len < 1 or out_len < 1:
         raise ValueError(f"axis lengths must be >= 1, got in_len={in_len}, out_len={out_len}")
@@ -53,10 +55,30 @@ def weight_matrix(in_len: int, out_len: int, scale: float, antialiasing: bool = 
     w = w / w.sum(axis=1, keepdims=True)
     mirror = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])
     src = mirror[np.mod(idx.astype(np.int64) - 1, 2 * in_len)]
+    keep = np.any(w != 0, axis=0)
+    src, w = np.ascontiguousarray(src[:, keep]), np.ascontiguousarray(w[:, keep])
+    src.setflags(write=False)
+    w.setflags(write=False)
+    return src, w
+
+
+def weight_matrix(in_len: int, out_len: int, scale: float, antialiasing: bool = True) -> np.ndarray:
+    """The same pass as a dense ``(out_len, in_len)`` float64 matrix (for inspection and tests)."""
+    src, w = contributions(in_len, out_len, scale, antialiasing)
     mat = np.zeros((out_len, in_len), dtype=np.float64)
-    np.add.at(mat, (np.repeat(np.arange(out_len), taps), src.ravel()), w.ravel())
-    mat.setflags(write=False)
+    np.add.at(mat, (np.repeat(np.arange(out_len), src.shape[1]), src.ravel()), w.ravel())
     return mat
+
+
+def _pass_numpy(a: np.ndarray, axis: int, src: np.ndarray, w: np.ndarray) -> np.ndarray:
+    # A banded product: taps gathers of whole rows/columns, so the cost is out_len x taps per
+    # line, not out_len x in_len as with a dense matrix (matters for 2K training images).
+    a0 = np.moveaxis(a, axis, 0)
+    shape = (-1,) + (1,) * (a0.ndim - 1)
+    out = w[:, 0].reshape(shape) * a0[src[:, 0]]
+    for k in range(1, src.shape[1]):
+        out += w[:, k].reshape(shape) * a0[src[:, k]]
+    return np.moveaxis(out, 0, axis)
 
 
 def _round_half_away(a: np.ndarray) -> np.ndarray:
@@ -101,8 +123,16 @@ def imresize(img, scale=None, *, size=None, antialiasing: bool = True, uint8_rou
             raise ValueError(f"img tensor must be floating point with shape (..., H, W), got {img.dtype} {tuple(img.shape)}")
         out = img
         for axis, n_in, n_out, s in _plan(img.shape[-2:], scale, size):
-            mat = torch.tensor(weight_matrix(n_in, n_out, s, antialiasing), device=img.device, dtype=img.dtype)
-            out = torch.matmul(mat, out) if axis == 0 else torch.matmul(out, mat.t())
+            src, w = contributions(n_in, n_out, s, antialiasing)
+            dim = out.dim() - 2 + axis
+            src_t = torch.from_numpy(src.copy()).to(img.device)
+            w_t = torch.tensor(w, device=img.device, dtype=img.dtype)
+            shape = [1] * out.dim()
+            shape[dim] = n_out
+            acc = w_t[:, 0].reshape(shape) * out.index_select(dim, src_t[:, 0])
+            for k in range(1, src.shape[1]):
+                acc = acc + w_t[:, k].reshape(shape) * out.index_select(dim, src_t[:, k])
+            out = acc
             if uint8_rounding:
                 out = out.round().clamp(0, 255)  # torch rounds half to even; use numpy for bit-exactness
         return out
@@ -111,9 +141,7 @@ def imresize(img, scale=None, *, size=None, antialiasing: bool = True, uint8_rou
         raise ValueError(f"img array must be (H, W) or (H, W, C), got shape {a.shape}")
     out = a.astype(np.float64)
     for axis, n_in, n_out, s in _plan(a.shape[:2], scale, size):
-        mat = weight_matrix(n_in, n_out, s, antialiasing)
-        out = np.tensordot(mat, out, axes=(1, axis))  # resized axis comes first
-        out = np.moveaxis(out, 0, axis)
+        out = _pass_numpy(out, axis, *contributions(n_in, n_out, s, antialiasing))
         if uint8_rounding:
             out = np.clip(_round_half_away(out), 0, 255)
     return out.astype(np.uint8) if uint8_rounding else out
