@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Thin front end: see igc_kernels/cli/evaluate.py (installed as `igc-eval`)."""
 
 import sys

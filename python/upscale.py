@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Thin front end: see igc_kernels/cli/upscale.py (installed as `igc-upscale`)."""
 
 import sys
