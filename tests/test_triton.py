@@ -241,7 +241,7 @@ def test_kernels_compile_for_an_h100_class_gpu_without_one():
                          capture_output=True, text=True, timeout=300, env=env, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [ln for ln in run.stdout.splitlines() if ln.startswith("sm_90")]
-    assert [ln.split(" {")[0].split("channels_last ")[1] for ln in lines] == ["forward", "backward", "input grad"]
+    assert [ln.split(" {")[0].split("channels_last ")[1] for ln in lines] == ["forward", "backward", "w1 grad", "input grad"]
 
 
 def test_device_check_providers_compute_the_same_layer():

@@ -25,11 +25,16 @@ def forward() -> list[triton.Config]:
 
 
 def backward() -> list[triton.Config]:
-    # Larger tiles mean fewer fp32 atomics on the weight gradients, but more registers
-    # (64 pixels / 4 warps spills).
+    # Persistent programs: the tile only trades registers (64 pixels / 4 warps spills) for
+    # fewer loop trips.
     if interpreted():
         return [triton.Config({"BLOCK_P": 32}, num_warps=4)]
     return [triton.Config({"BLOCK_P": b}, num_warps=w, num_stages=1) for b, w in ((32, 4), (64, 8))]
+
+
+def w1_grad() -> tuple[int, int]:
+    """(BLOCK_P, num_warps) of the w1-gradient kernel; fixed, since its grid depends on it."""
+    return (32, 4) if interpreted() else (64, 4)
 
 
 def input_grad() -> list[triton.Config]:

@@ -15,7 +15,8 @@ from torch.library import triton_op, wrap_triton
 from igc_kernels.ops.autograd import memory_format_of, output_shape, register
 from igc_kernels.ops.validate import check_igc_args
 
-from .kernels import igc_bwd_input_kernel, igc_bwd_kernel, igc_fwd_kernel
+from . import configs
+from .kernels import igc_bwd_input_kernel, igc_bwd_kernel, igc_bwd_w1_kernel, igc_fwd_kernel
 
 FORWARD = "igc_kernels::igc_conv_triton"
 BACKWARD = "igc_kernels::igc_conv_triton_backward"
@@ -66,6 +67,15 @@ def unpack_w1(packed: torch.Tensor, sz: dict, shape: torch.Size) -> torch.Tensor
     q, g = l // G, l % G
     taps = packed[:, q, g * MINP + ci, g * MP + m]  # (kH*kW, C, M_in): static shapes for torch.compile
     return taps.permute(1, 2, 0).reshape(shape).contiguous()
+
+
+def _persistent_programs(device: torch.device) -> int:
+    """Programs of the reducing backward kernels: a few per SM, so each sums many tiles in
+    registers and the fp32 atomics stay few (a handful of programs under the interpreter, which
+    still makes each of them loop over several tiles)."""
+    if configs.interpreted() or device.type != "cuda":
+        return 2
+    return 4 * torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _conv_args(stride, padding, dilation) -> tuple[int, ...]:
@@ -151,26 +161,39 @@ def igc_conv_triton_backward(
     gw2 = torch.zeros(w2.shape, **f32) if need_w2 else torch.zeros(1, **f32)
     gb2 = torch.zeros(c_mid, **f32) if need_b2 else torch.zeros(1, **f32)
     # dL/dy1, pixel-major; kept in x's dtype as the stock path's own intermediate gradient is.
-    gy1 = torch.empty((P, c_mid) if need_x else (1,), dtype=x.dtype, device=x.device)
+    need_gy1 = need_x or need_w1
+    gy1 = torch.empty((P, c_mid) if need_gy1 else (1,), dtype=x.dtype, device=x.device)
     gx = torch.empty_like(x, memory_format=memory_format_of(x)) if need_x else x.new_empty((0,))
     w1p, w2c = pack_w1(w1, sz), w2.contiguous()
     b1c = b1.contiguous() if b1 is not None else w2c
     o = out if out is not None else grad_out
-    if P > 0 and (need_x or need_w1 or need_b1 or need_w2 or need_b2):
+    conv = _conv_args(stride, padding, dilation)
+    if P > 0 and (need_gy1 or need_b1 or need_w2 or need_b2):
+        programs = _persistent_programs(x.device)
 
         def grid(meta):
-            return (triton.cdiv(P, meta["BLOCK_P"]),)
+            return (min(triton.cdiv(P, meta["BLOCK_P"]), programs),)
 
         wrap_triton(igc_bwd_kernel)[grid](
             grad_out, x, w1p, b1c, w2c, o,
-            gy1, gw1, gb1, gw2, gb2,
+            gy1, gb1, gw2, gb2,
             P, h, w, ho, wo,
             *x.stride(), *grad_out.stride(), *o.stride(),
-            *_conv_args(stride, padding, dilation),
+            *conv,
             **sz,
-            HAS_B1=b1 is not None, SHUFFLE=bool(shuffle), ACT=int(activation),
-            IEEE=_ieee(x.dtype),
-            NEED_GY1=need_x, NEED_W1=need_w1, NEED_B1=need_b1, NEED_W2=need_w2, NEED_B2=need_b2,
+            HAS_B1=b1 is not None, SHUFFLE=bool(shuffle), ACT=int(activation), IEEE=_ieee(x.dtype),
+            NEED_GY1=need_gy1, NEED_B1=need_b1, NEED_W2=need_w2, NEED_B2=need_b2,
+        )
+    if need_w1 and P > 0:
+        block, warps = configs.w1_grad()
+        tiles = triton.cdiv(P, block)
+        per_chunk = triton.cdiv(tiles, _persistent_programs(x.device))
+        wrap_triton(igc_bwd_w1_kernel)[(sz["KH"] * sz["KW"], triton.cdiv(tiles, per_chunk))](
+            x, gy1, gw1,
+            P, h, w, ho, wo, per_chunk,
+            *x.stride(),
+            *conv,
+            **sz, IEEE=_ieee(x.dtype), BLOCK_P=block, num_warps=warps,
         )
     if need_x:
         Q = n * h * w
@@ -185,7 +208,7 @@ def igc_conv_triton_backward(
                 gy1, w1p, gx,
                 Q, h, w, ho, wo,
                 *gx.stride(),
-                *_conv_args(stride, padding, dilation),
+                *conv,
                 **sz, IEEE=_ieee(x.dtype),
             )
     # Unrequested gradients are distinct 0-element tensors (a custom op's outputs may not alias).

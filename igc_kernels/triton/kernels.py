@@ -67,7 +67,7 @@ def _pack_channels(QP: tl.constexpr, KP: tl.constexpr, G: tl.constexpr, L: tl.co
 
 @triton.jit
 def _load_tap(x_img, ho, wo, pmask, ch, kmask, H, W, sxc, sxh, sxw,
-              stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh: tl.constexpr, kw: tl.constexpr):
+              stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw):
     """The x operand of one tap, [QP, P, KP]: x at the tap's input pixel, packed channels; pads are 0."""
     hi = ho * stride_h - pad_h + kh * dil_h
     wi = wo * stride_w - pad_w + kw * dil_w
@@ -194,13 +194,13 @@ def igc_fwd_kernel(
 @triton.autotune(
     configs=configs.backward(),
     key=["P", "L", "M", "M_IN", "KH", "KW", "sxc"],
-    # The weight/bias gradients are accumulated with atomics: every benchmarked run must start at 0.
-    reset_to_zero=["gw1_ptr", "gb1_ptr", "gw2_ptr", "gb2_ptr"],
+    # The weight/bias gradients are added with atomics: every benchmarked run must start at 0.
+    reset_to_zero=["gb1_ptr", "gw2_ptr", "gb2_ptr"],
 )
 @triton.jit
 def igc_bwd_kernel(
     g_ptr, x_ptr, w1p_ptr, b1_ptr, w2_ptr, out_ptr,
-    gy1_ptr, gw1_ptr, gb1_ptr, gw2_ptr, gb2_ptr,
+    gy1_ptr, gb1_ptr, gw2_ptr, gb2_ptr,
     P, H, W, HO, WO,
     sxn, sxc, sxh, sxw,
     sgn, sgc, sgh, sgw,
@@ -209,13 +209,12 @@ def igc_bwd_kernel(
     L: tl.constexpr, M: tl.constexpr, M_IN: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     G: tl.constexpr, QP: tl.constexpr, KP: tl.constexpr, MINP: tl.constexpr, MP: tl.constexpr,
     HAS_B1: tl.constexpr, SHUFFLE: tl.constexpr, ACT: tl.constexpr, IEEE: tl.constexpr,
-    NEED_GY1: tl.constexpr, NEED_W1: tl.constexpr, NEED_B1: tl.constexpr,
-    NEED_W2: tl.constexpr, NEED_B2: tl.constexpr,
+    NEED_GY1: tl.constexpr, NEED_B1: tl.constexpr, NEED_W2: tl.constexpr, NEED_B2: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """Per output-pixel tile: dL/ds (masked by ReLU), the b2/w2/b1/w1 gradients (atomics into
-    fp32 buffers) and dL/dy1 for the input-gradient kernel (stored as [pixel, l*M + m])."""
-    p, pmask, n, ho, wo = _pixels(tl.program_id(0), P, HO, WO, BLOCK_P)
+    """Persistent over output-pixel tiles: dL/ds (masked by ReLU); the b2, w2 and b1 gradients,
+    summed in registers across the program's tiles and added once with fp32 atomics; and dL/dy1
+    (stored as [pixel, l*M + m]) for the w1- and input-gradient kernels."""
     LP: tl.constexpr = QP * G
     l = tl.arange(0, LP)
     m = tl.arange(0, MP)
@@ -229,71 +228,96 @@ def igc_bwd_kernel(
         co = j[None, None, :] * M + m3
     else:
         co = sec
-    omask = cmask & pmask[None, :, None]
-    g_pix = n * sgn + ho * sgh + wo * sgw
-    gs = tl.load(g_ptr + g_pix[None, :, None] + co * sgc, mask=omask, other=0.0).to(tl.float32)
-    if ACT == 1:
-        o_pix = n * son + ho * soh + wo * sow
-        o = tl.load(out_ptr + o_pix[None, :, None] + co * soc, mask=omask, other=0.0)
-        gs = tl.where(o > 0, gs, 0.0)
-    # gs: [m, p, j]; padded rows/columns and pixels past P are exactly zero.
     cmask2 = mmask[:, None] & lmask[None, :]
-    if NEED_B2:
-        tl.atomic_add(gb2_ptr + m[:, None] * L + j[None, :], tl.sum(gs, axis=1), mask=cmask2, sem="relaxed")
+    c1 = l[None, :] * M + m[:, None]  # [MP, LP] primary channel l*M + m
+    w2mask = mmask[:, None, None] & lmask[None, :, None] & lmask[None, None, :]
+    # Bt[m, j, l] = w2[m*L + j, l]
+    w2t = tl.load(w2_ptr + (m3 * L + j[None, :, None]) * L + l[None, None, :], mask=w2mask, other=0.0)
     dt = x_ptr.dtype.element_ty
-    NP: tl.constexpr = G * MP
-    if NEED_GY1 or NEED_W1 or NEED_B1:
-        # Bt[m, j, l] = w2[m*L + j, l];  dL/dz[m, p, l] = sum_j gs[m, p, j] * w2[m*L + j, l]
-        w2t = tl.load(
-            w2_ptr + (m3 * L + j[None, :, None]) * L + l[None, None, :],
-            mask=mmask[:, None, None] & lmask[None, :, None] & lmask[None, None, :],
-            other=0.0,
-        )
-        gz = _mma(gs.to(dt), w2t, None, IEEE)  # [m, p, l]
-        c1 = l[None, :] * M + m[:, None]  # [MP, LP] primary channel l*M + m
-        if NEED_B1:
-            tl.atomic_add(gb1_ptr + c1, tl.sum(gz, axis=1), mask=cmask2, sem="relaxed")
-        if NEED_GY1:
-            C = L * M
-            tl.store(
-                gy1_ptr + p.to(tl.int64)[None, :, None] * C + c1[:, None, :],
-                gz.to(gy1_ptr.dtype.element_ty),
-                mask=cmask2[:, None, :] & pmask[None, :, None],
-            )
-        if NEED_W1:
-            # dL/dy1 packed like the primary's output: gyq[q, p, g*MP + m] for l = q*G + g
-            gyq = tl.reshape(tl.permute(tl.reshape(gz, (MP, BLOCK_P, QP, G)), (2, 1, 3, 0)), (QP, BLOCK_P, NP))
-            gyq = gyq.to(dt)
-    if NEED_W1 or NEED_W2:
-        # One pass over the taps: recompute y1 (for dw2) and reduce dw1, from the same x loads.
-        ch, kmask = _pack_channels(QP, KP, G, L, M_IN, MINP)
-        w_off = _weight_offsets(QP, KP, NP)
-        kk = tl.arange(0, KP)[None, :, None]
-        nn = tl.arange(0, NP)[None, None, :]
-        qq = tl.arange(0, QP)[:, None, None]
-        # Only the block diagonal of a packed tile is a weight: g(k) == g(n).
-        diag = (kk // MINP == nn // MP) & (kk < G * MINP) & (kk % MINP < M_IN) & (nn % MP < M) \
-            & (qq * G + kk // MINP < L)
-        acc = tl.zeros((QP, BLOCK_P, NP), dtype=tl.float32)
-        x_img = x_ptr + n * sxn
-        for kh in tl.static_range(KH):
-            for kw in tl.static_range(KW):
-                a = _load_tap(x_img, ho, wo, pmask, ch, kmask, H, W, sxc, sxh, sxw,
-                              stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw).to(dt)
-                tap = (kh * KW + kw) * (QP * KP * NP)
-                if NEED_W2:
-                    acc = _mma(a, tl.load(w1p_ptr + tap + w_off).to(dt), acc, IEEE)
-                if NEED_W1:
-                    part = _mma(tl.permute(a, (0, 2, 1)), gyq, None, IEEE)
-                    tl.atomic_add(gw1_ptr + tap + w_off, part, mask=diag, sem="relaxed")
+    acc_b2 = tl.zeros((MP, LP), dtype=tl.float32)
+    acc_b1 = tl.zeros((MP, LP), dtype=tl.float32)
+    acc_w2 = tl.zeros((MP, LP, LP), dtype=tl.float32)
+    for tile in range(tl.program_id(0), tl.cdiv(P, BLOCK_P), tl.num_programs(0)):
+        p, pmask, n, ho, wo = _pixels(tile, P, HO, WO, BLOCK_P)
+        omask = cmask & pmask[None, :, None]
+        g_pix = n * sgn + ho * sgh + wo * sgw
+        gs = tl.load(g_ptr + g_pix[None, :, None] + co * sgc, mask=omask, other=0.0).to(tl.float32)
+        if ACT == 1:
+            o_pix = n * son + ho * soh + wo * sow
+            o = tl.load(out_ptr + o_pix[None, :, None] + co * soc, mask=omask, other=0.0)
+            gs = tl.where(o > 0, gs, 0.0)
+        # gs: [m, p, j]; padded rows/columns and pixels past P are exactly zero.
+        if NEED_B2:
+            acc_b2 += tl.sum(gs, axis=1)
+        if NEED_GY1 or NEED_B1:
+            gz = _mma(gs.to(dt), w2t, None, IEEE)  # dL/dz[m, p, l] = sum_j gs[m, p, j] w2[m*L + j, l]
+            if NEED_B1:
+                acc_b1 += tl.sum(gz, axis=1)
+            if NEED_GY1:
+                tl.store(
+                    gy1_ptr + p.to(tl.int64)[None, :, None] * (L * M) + c1[:, None, :],
+                    gz.to(gy1_ptr.dtype.element_ty),
+                    mask=cmask2[:, None, :] & pmask[None, :, None],
+                )
         if NEED_W2:
-            z = _interleave(acc, b1_ptr, L, M, G, QP, MP, HAS_B1, BLOCK_P).to(dt)  # recomputed [m, p, l]
+            z = _primary_z(  # recomputed, not saved: [m, p, l]
+                x_ptr, w1p_ptr, b1_ptr, n, ho, wo, pmask,
+                H, W, sxn, sxc, sxh, sxw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                L, M, M_IN, KH, KW, G, QP, KP, MINP, MP, HAS_B1, BLOCK_P, IEEE,
+            ).to(dt)
             # dw2[m*L + j, l] = sum_p gs[m, p, j] * z[m, p, l]
-            gw2 = _mma(tl.permute(gs.to(dt), (0, 2, 1)), z, None, IEEE)
-            tl.atomic_add(
-                gw2_ptr + (m3 * L + j[None, :, None]) * L + l[None, None, :], gw2,
-                mask=mmask[:, None, None] & lmask[None, :, None] & lmask[None, None, :], sem="relaxed",
-            )
+            acc_w2 = _mma(tl.permute(gs.to(dt), (0, 2, 1)), z, acc_w2, IEEE)
+    if NEED_B2:
+        tl.atomic_add(gb2_ptr + m[:, None] * L + j[None, :], acc_b2, mask=cmask2, sem="relaxed")
+    if NEED_B1:
+        tl.atomic_add(gb1_ptr + c1, acc_b1, mask=cmask2, sem="relaxed")
+    if NEED_W2:
+        tl.atomic_add(gw2_ptr + (m3 * L + j[None, :, None]) * L + l[None, None, :], acc_w2, mask=w2mask,
+                      sem="relaxed")
+
+
+@triton.jit
+def igc_bwd_w1_kernel(
+    x_ptr, gy1_ptr, gw1_ptr,
+    P, H, W, HO, WO, TILES_PER_CHUNK,
+    sxn, sxc, sxh, sxw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    L: tl.constexpr, M: tl.constexpr, M_IN: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    G: tl.constexpr, QP: tl.constexpr, KP: tl.constexpr, MINP: tl.constexpr, MP: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """dL/dw1 of one tap (grid axis 0) over one chunk of pixel tiles (axis 1), in the packed layout:
+    sum over pixels of x_tap^T [QP, KP, P] x dL/dy1 [QP, P, NP], kept in registers across the
+    chunk and added once (block diagonal only) with fp32 atomics. The taps of a chunk are
+    neighbouring programs, so the chunk's dL/dy1 comes from HBM once and then from L2."""
+    NP: tl.constexpr = G * MP
+    C: tl.constexpr = L * M
+    tap = tl.program_id(0)
+    kh = tap // KW
+    kw = tap % KW
+    pk = tl.arange(0, QP)[:, None, None]
+    kk = tl.arange(0, KP)[None, :, None]
+    nn = tl.arange(0, NP)[None, None, :]
+    if M == MP:
+        c1 = pk * (G * M) + nn  # contiguous along nn: vector loads of dL/dy1
+        nmask = c1 < C
+    else:
+        c1 = (pk * G + nn // MP) * M + nn % MP
+        nmask = (nn % MP < M) & (pk * G + nn // MP < L)
+    ch, kmask = _pack_channels(QP, KP, G, L, M_IN, MINP)
+    dt = x_ptr.dtype.element_ty
+    acc = tl.zeros((QP, KP, NP), dtype=tl.float32)
+    for i in range(TILES_PER_CHUNK):
+        p, pmask, n, ho, wo = _pixels(tl.program_id(1) * TILES_PER_CHUNK + i, P, HO, WO, BLOCK_P)
+        a = _load_tap(x_ptr + n * sxn, ho, wo, pmask, ch, kmask, H, W, sxc, sxh, sxw,
+                      stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw).to(dt)
+        gyq = tl.load(gy1_ptr + p.to(tl.int64)[None, :, None] * C + c1, mask=pmask[None, :, None] & nmask,
+                      other=0.0).to(dt)
+        acc = _mma(tl.permute(a, (0, 2, 1)), gyq, acc, IEEE)
+    # Only the block diagonal of a packed tile is a weight: g(k) == g(n).
+    diag = (kk // MINP == nn // MP) & (kk < G * MINP) & (kk % MINP < M_IN) & (nn % MP < M) \
+        & (pk * G + kk // MINP < L)
+    tl.atomic_add(gw1_ptr + tap * (QP * KP * NP) + _weight_offsets(QP, KP, NP), acc, mask=diag, sem="relaxed")
 
 
 @triton.autotune(configs=configs.input_grad(), key=["Q", "L", "M", "M_IN", "KH", "KW", "sxc"])

@@ -80,12 +80,14 @@ def specialisations(dtype: str):
 
     ieee = dtype == "fp32"
     fwd = dict(SIZES, HAS_B1=False, HAS_B2=True, HAS_RES=False, SHUFFLE=True, ACT=1, IEEE=ieee)
-    bwd = dict(SIZES, HAS_B1=False, SHUFFLE=True, ACT=1, IEEE=ieee, NEED_GY1=True, NEED_W1=True,
-               NEED_B1=True, NEED_W2=True, NEED_B2=True)
+    bwd = dict(SIZES, HAS_B1=False, SHUFFLE=True, ACT=1, IEEE=ieee, NEED_GY1=True, NEED_B1=True,
+               NEED_W2=True, NEED_B2=True)
     bwd_x = dict(SIZES, IEEE=ieee)
+    block, warps = configs.w1_grad()
     for name, kernel, consts, tiles in (
         ("forward", kernels.igc_fwd_kernel, fwd, configs.forward()),
         ("backward", kernels.igc_bwd_kernel, bwd, configs.backward()),
+        ("w1 grad", kernels.igc_bwd_w1_kernel, bwd_x, [triton.Config({"BLOCK_P": block}, num_warps=warps)]),
         ("input grad", kernels.igc_bwd_input_kernel, bwd_x, configs.input_grad()),
     ):
         for cfg in tiles:
