@@ -23,10 +23,12 @@ Strides are kernel arguments, so one kernel serves NCHW and channels_last (Trito
 unit strides, which is what makes the channel loads contiguous in channels_last; NCHW works but
 gathers channels element by element).
 
-The backward recomputes ``y1`` tile by tile instead of loading a saved one. dL/dw1 is a packed
-product per tap too (``x^T [QP, 16, P] x dL/dy1 [QP, P, 16]``); weight and bias gradients are
-reduced per program and added with fp32 atomics. The input gradient (a transposed grouped conv)
-is a second kernel over input pixels that gathers ``dL/dy1`` written by the first: no atomics.
+The backward is three kernels. A persistent one walks output tiles: dL/ds (masked by the ReLU),
+dL/dy1 (stored pixel-major for the next two), and the w2/b1/b2 gradients, with ``y1`` recomputed
+tile by tile for dL/dw2 instead of being saved; those sums stay in registers and are added once per
+program with fp32 atomics. dL/dw1 is a packed product per tap too (``x_tap^T [QP, 16, P] x
+dL/dy1 [QP, P, 16]``), one program per (tap, chunk of tiles). The input gradient (a transposed
+grouped conv) gathers dL/dy1 over the taps that reach each input pixel: no atomics.
 """
 
 from __future__ import annotations
