@@ -188,17 +188,28 @@ def correctness(report: Report, backends: list[str], dtypes: list[torch.dtype], 
 
 
 def compile_check(report: Report, device: str) -> bool:
-    """torch.compile(fullgraph=True) sees the Triton kernels: forward and backward match eager."""
+    """torch.compile(fullgraph=True) sees the Triton kernels: forward and backward match eager,
+    for the op itself and for igc_conv(backend='triton') (which also traces the backend choice)."""
     case = CORRECTNESS_CASES["L24M4-stride2-cl-residual"]
     args64 = case.make(dtype=torch.float64, device=device, seed=3)
     grad = torch.randn(case.N, case.c_out, *case.out_hw, dtype=torch.float64, device=device)
-    fn = _call("triton")
-    eager = _run(fn, _inputs(args64, torch.float32, case.channels_last), grad)
-    compiled = _run(torch.compile(fn, fullgraph=True), _inputs(args64, torch.float32, case.channels_last), grad)
-    errs = {k: rel_err(compiled[k], eager[k]) for k in eager}
-    ok = all(e <= 1e-5 for e in errs.values())
-    report("torch.compile(fullgraph=True) vs eager, fp32: " + ", ".join(f"{k} {e:.1e}" for k, e in errs.items())
-           + (" -- ok" if ok else " -- **FAIL**"))
+    ok = True
+    for label, fn in (("torch.ops.igc_kernels.igc_conv_triton", lambda a: torch.ops.igc_kernels.igc_conv_triton(*a)),
+                      ("igc_conv(backend='triton')", _call("triton"))):
+        try:
+            eager = _run(fn, _inputs(args64, torch.float32, case.channels_last), grad)
+            compiled = _run(torch.compile(fn, fullgraph=True), _inputs(args64, torch.float32, case.channels_last),
+                            grad)
+        except Exception as exc:  # noqa: BLE001  (report it, run the rest)
+            report(f"- **ERROR** torch.compile of {label}: `{type(exc).__name__}: {exc}`")
+            report("```\n" + traceback.format_exc(limit=6) + "```")
+            ok = False
+            continue
+        errs = {k: rel_err(compiled[k], eager[k]) for k in eager}
+        good = all(e <= 1e-5 for e in errs.values())
+        ok &= good
+        report(f"- {label}, fullgraph, fp32, compiled vs eager: "
+               + ", ".join(f"{k} {e:.1e}" for k, e in errs.items()) + (" -- ok" if good else " -- **FAIL**"))
     report()
     return ok
 
