@@ -74,6 +74,8 @@ CASES = {
                               channels_last=True, shuffle=False, residual=True),
     "L2-M3-no-padding-nobias": IGCCase(N=2, L=2, M_in=2, M=3, H=6, W=5, padding=(0, 0), bias1=False,
                                        bias2=False),
+    "L2-M20-M_in5-k3x1": IGCCase(N=1, L=2, M_in=5, M=20, H=4, W=5, k=(3, 1), padding=(1, 0)),
+    "batch0": IGCCase(N=0, L=3, M_in=2, M=2, H=5, W=5, residual=True),
 }
 
 
