@@ -1,11 +1,13 @@
 // The microkernels of kernels.h, compiled once per instruction set from one template.
 //
-// The library is built for baseline x86-64. Each ISA gets an entry function carrying
-// __attribute__((target(...))) that calls always_inline templates, so only that entry's body is
-// compiled with AVX2 / AVX-512; the templates live in an anonymous namespace and this file
-// includes no C++ library or torch headers, so no shared inline function can be emitted with
-// wider-ISA instructions and picked by the linker for code that runs on an older CPU (the ODR
-// trap). Vector types: the x86 intrinsic types, or GCC vector extensions for the portable path.
+// The library is built for baseline x86-64. kernels_impl.inc (the templates) is included three
+// times, each inside its own namespace: once with the baseline flags (portable vector code), once
+// inside `#pragma GCC target("avx2,fma")` and once inside the AVX-512 target region, so every
+// instantiation is compiled for exactly one ISA. The regions contain only our own templates and
+// intrinsics: this file includes no C++ library or torch headers (all includes come before the
+// first region), so no shared inline function (std::, c10::) can be emitted with wider-ISA
+// instructions and picked by the linker for code that runs on an older CPU (the ODR trap).
+// Everything is in an anonymous namespace; the entry points are chosen at run time.
 //
 // Instruction set choice: the best the CPU supports (AVX-512 > AVX2+FMA > generic), unless the
 // environment variable IGC_KERNELS_CPU_ISA = generic | avx2 | avx512 | auto says otherwise (read
@@ -24,6 +26,20 @@
 #endif
 
 #define IGC_AI inline __attribute__((always_inline))
+
+// Target regions: GCC's push_options/target pragmas; clang spells the same as an attribute push
+// (the clang branch is not exercised by this project's CI, which builds with GCC).
+#if defined(__clang__)
+#define IGC_TARGET_AVX2 _Pragma("clang attribute push(__attribute__((target(\"avx2,fma\"))), apply_to = function)")
+#define IGC_TARGET_AVX512 \
+  _Pragma("clang attribute push(__attribute__((target(\"avx512f,avx512bw,avx512vl,avx512dq,avx2,fma\"))), apply_to = function)")
+#define IGC_TARGET_END _Pragma("clang attribute pop")
+#else
+#define IGC_TARGET_AVX2 _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma\")")
+#define IGC_TARGET_AVX512 \
+  _Pragma("GCC push_options") _Pragma("GCC target(\"avx512f,avx512bw,avx512vl,avx512dq,avx2,fma\")")
+#define IGC_TARGET_END _Pragma("GCC pop_options")
+#endif
 
 namespace igc {
 namespace cpu {
@@ -60,8 +76,7 @@ namespace gen {
 }  // namespace gen
 
 #if IGC_X86
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
+IGC_TARGET_AVX2
 namespace x2 {
 struct Avx2 {
   typedef float S;
@@ -75,10 +90,9 @@ struct Avx2 {
 
 #include "kernels_impl.inc"
 }  // namespace x2
-#pragma GCC pop_options
+IGC_TARGET_END
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+IGC_TARGET_AVX512
 namespace x512 {
 struct Avx512 {
   typedef float S;
@@ -91,7 +105,7 @@ struct Avx512 {
 };
 #include "kernels_impl.inc"
 }  // namespace x512
-#pragma GCC pop_options
+IGC_TARGET_END
 #endif
 
 // ---------------------------------------------------------------------------------------------
