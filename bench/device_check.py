@@ -14,7 +14,9 @@ Sections (each runs even if an earlier one fails):
   4. timings (medians of ``triton.testing.do_bench``) of forward and forward+backward at
      1x96x1080x1920 and 16x96x128x128: the fused backends (NCHW and channels_last inputs), the stock
      IGC block on cuDNN (NCHW and channels_last), torch.compile of it, dense nn.Conv2d(96, 96, 3)
-     and the dense-equivalent conv, with achieved GB/s against the HBM floor.
+     and the dense-equivalent conv, with achieved GB/s against the HBM floor;
+  5. the network: x2 upscaling of a 1920x1080 frame in fp16 with IGC-VDSR on the fused kernel,
+     on stock ops, and VDSR (bench/network.py).
 
 The output is Markdown, printed and written to ``--out`` as it goes (a run cut short still leaves
 what it measured). The helpers run on the CPU too (the Triton backend under TRITON_INTERPRET=1), which
@@ -399,7 +401,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting new checks after this many seconds (default 330, quick 150); "
                         "correctness gets the first half")
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: correctness,compile,timing")
+    p.add_argument("--skip", default="",
+                   help="comma-separated sections to skip: correctness,compile,timing,network")
     return p.parse_args(argv)
 
 
@@ -439,6 +442,16 @@ def main(argv=None) -> int:
         names = args.dtypes.split(",") if args.dtypes else (["fp16"] if args.quick else ["fp16", "bf16"])
         dtypes = [DTYPES[n.strip()] for n in names]
         timing(report, QUICK_SHAPES if args.quick else SHAPES, dtypes, device, fused, args.quick, start + budget)
+    if "network" not in skip:
+        # The whole network (issue: x2 upscaling of a 1080p frame, IGC-VDSR in fp16, <= 5 ms goal).
+        report("## Network: IGC-VDSR on the fused kernel vs on stock ops vs VDSR")
+        report()
+        try:
+            from network import gpu_network_table
+
+            report(gpu_network_table(torch.float16, networks=("igc_vdsr-fused", "igc_vdsr-stock", "vdsr")))
+        except Exception as exc:  # noqa: BLE001  (report it, keep the rest)
+            report(f"- **ERROR** network timing: `{type(exc).__name__}: {exc}`")
     report(f"Total {time.monotonic() - start:.0f} s; correctness {'passed' if ok else '**FAILED**'}.")
     return 0 if ok else 1
 
