@@ -272,7 +272,7 @@ def test_forward_and_gradients_match_reference(case, dtype, channels_last):
 
 @requires_cuda
 @pytest.mark.usefixtures("cuda_kernel")
-@pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=str)
+@pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=str)
 def test_fast_and_general_kernels_agree(case, monkeypatch):
     t = _make_inputs(case, torch.float32, False, seed=7)
     fast, _ = _cuda_forward_backward(t, case, mask=(False,) * 5)
