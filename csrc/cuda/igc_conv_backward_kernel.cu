@@ -34,7 +34,8 @@ __global__ void __launch_bounds__(kThreads)
     igc_bwd_mid_kernel(KernelShape s, Segments seg, int P, int64_t num_tiles, const scalar_t* __restrict__ gout,
                        Strides4 gst, const scalar_t* __restrict__ outp, Strides4 ost, const scalar_t* __restrict__ x,
                        Strides4 xst, const float* __restrict__ w1, const float* __restrict__ b1,
-                       const float* __restrict__ w2, float* __restrict__ ws, float* __restrict__ partial) {
+                       const float* __restrict__ w2, const float* __restrict__ y1ws, float* __restrict__ ws,
+                       float* __restrict__ partial) {
   IGC_DYNAMIC_SMEM(smem);
   const int PS = P + 1;  // odd row stride (P is a power of two): fewer bank conflicts across rows
   float* gsm = reinterpret_cast<float*>(smem);  // [C_out][PS], secondary channel order c2 = m*L + j
@@ -76,7 +77,10 @@ __global__ void __launch_bounds__(kThreads)
         g = to_f(gout[off]);
         // ReLU backward as torch's threshold_backward: zero where out <= 0.
         if (s.relu && to_f(outp[offset4(ost, n, o, poh[pp], pow_[pp])]) <= 0.f) g = 0.f;
-        if (seg.need_y1) y = primary_at(s, x, xst, w1, b1, n, c, poh[pp], pow_[pp]);  // c as c1
+        if (seg.need_y1) {  // c as c1
+          y = y1ws != nullptr ? y1ws[static_cast<int64_t>(c) * s.total_pix + pix0 + pp]
+                              : primary_at(s, x, xst, w1, b1, n, c, poh[pp], pow_[pp]);
+        }
       }
       gsm[c * PS + pp] = g;
       y1s[c * PS + pp] = y;
@@ -110,6 +114,7 @@ __global__ void __launch_bounds__(kThreads)
           const float* a = gsm + (k - seg.end_w2) * PS;
           for (int pp = 0; pp < P; ++pp) acc += a[pp];
         } else if (k < seg.end_w1) {
+          if (!seg.w1_in_mid) continue;  // igc_bwd_fast_w1_kernel owns this segment
           const int kk = k - seg.end_b2;  // ((c1*M_in + ci)*kH + kh)*kW + kw, as w1 is stored
           const int kw = kk % s.kW, kh = (kk / s.kW) % s.kH;
           const int t = kk / taps, ci = t % s.M_in, c1 = t / s.M_in;
@@ -192,10 +197,180 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fast path of the paper's layer (k=3, stride 1, dilation 1, L=24, M=M_in=4): the two parts of the
+// backward that gather input pixels (the y1 recompute and grad_w1) run on 8x32 output tiles whose
+// input tile + halo is staged in shared memory, as in the fast forward.
+namespace fast_bwd {
+constexpr int kL = 24, kM = 4, kMi = 4, kC = kL * kM;
+constexpr int kTH = 8, kTW = 32, kTileThreads = kTH * kTW;  // one output pixel per thread
+constexpr int kIH = kTH + 2, kIW = kTW + 2;
+constexpr int kGroupsPerChunk = 8, kChunkC = kGroupsPerChunk * kMi, kChunks = kL / kGroupsPerChunk;
+constexpr int kXS = kChunkC + 1;  // odd per-pixel stride of the staged input: no bank conflicts
+constexpr int kXBytes = kIH * kIW * kXS * 4;
+constexpr int kW1Bytes = kL * kMi * 9 * 16;  // w1 as float4 over the 4 members m
+constexpr int kY1Smem = kW1Bytes + kC * 4 + kXBytes;
+constexpr int kGS = kTileThreads + 1;        // row stride of the staged gy1 tile
+constexpr int kW1GradSmem = kXBytes + kChunkC * kGS * 4;
+constexpr int kWeightsPerChunk = kChunkC * kMi * 9;  // grad_w1 entries of one chunk of 8 groups
+constexpr int kPerThread = (kWeightsPerChunk + kTileThreads - 1) / kTileThreads;
+static_assert((kW1Bytes + kC * 4) % 16 == 0, "staged input must stay 16-byte aligned");
+
+// Input channels [chunk*32, chunk*32 + 32) of the tile and its halo, as fp32 (0 = zero padding).
+template <typename scalar_t>
+__device__ void load_x_chunk(const KernelShape& s, const scalar_t* __restrict__ x, const Strides4& xst,
+                             float* xs, int n, int oh0, int ow0, int chunk) {
+  const bool x_cl = xst.c == 1 && s.C_in > 1;  // channels_last: load channel-fastest to coalesce
+  for (int i = threadIdx.x; i < kIH * kIW * kChunkC; i += kTileThreads) {
+    int c, r, col;
+    if (x_cl) {
+      c = i % kChunkC;
+      const int rc = i / kChunkC;
+      col = rc % kIW;
+      r = rc / kIW;
+    } else {
+      col = i % kIW;
+      const int rc = i / kIW;
+      r = rc % kIH;
+      c = rc / kIH;
+    }
+    const int ih = oh0 - s.pH + r, iw = ow0 - s.pW + col;
+    float v = 0.f;
+    if (ih >= 0 && ih < s.H && iw >= 0 && iw < s.W) v = to_f(x[offset4(xst, n, chunk * kChunkC + c, ih, iw)]);
+    xs[(r * kIW + col) * kXS + c] = v;
+  }
+}
+
+// y1 (bias included) of every channel and output pixel into y1ws[c1][pixel]. Grid as the fast forward.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kTileThreads)
+    igc_bwd_fast_y1_kernel(KernelShape s, const scalar_t* __restrict__ x, Strides4 xst,
+                           const float* __restrict__ w1, const float* __restrict__ b1, float* __restrict__ y1ws) {
+  IGC_DYNAMIC_SMEM(smem);
+  float4* w1s = reinterpret_cast<float4*>(smem);
+  float* b1s = reinterpret_cast<float*>(smem + kW1Bytes);
+  float* xs = reinterpret_cast<float*>(smem + kW1Bytes + kC * 4);
+  const int tid = threadIdx.x;
+  const int n = blockIdx.z, oh0 = blockIdx.y * kTH, ow0 = blockIdx.x * kTW;
+  float* w1f = reinterpret_cast<float*>(w1s);
+  for (int i = tid; i < kC * kMi * 9; i += kTileThreads) {  // as in the fast forward
+    const int c1 = i / (kMi * 9), r = i - c1 * (kMi * 9);
+    w1f[((c1 / kM) * (kMi * 9) + r) * 4 + (c1 % kM)] = w1[i];
+  }
+  for (int i = tid; i < kC; i += kTileThreads) b1s[i] = b1 != nullptr ? b1[i] : 0.f;
+  const int ty = tid / kTW, tx = tid - ty * kTW;
+  const int oh = oh0 + ty, ow = ow0 + tx;
+  const bool valid = oh < s.H_out && ow < s.W_out;
+  const int64_t pix = (static_cast<int64_t>(n) * s.H_out + oh) * s.W_out + ow;
+#pragma unroll 1
+  for (int chunk = 0; chunk < kChunks; ++chunk) {
+    __syncthreads();  // the previous chunk's readers are done with xs
+    load_x_chunk(s, x, xst, xs, n, oh0, ow0, chunk);
+    __syncthreads();
+#pragma unroll 1
+    for (int g = 0; g < kGroupsPerChunk; ++g) {
+      const int l = chunk * kGroupsPerChunk + g;
+      float a0 = b1s[l * kM + 0], a1 = b1s[l * kM + 1], a2 = b1s[l * kM + 2], a3 = b1s[l * kM + 3];
+#pragma unroll
+      for (int ci = 0; ci < kMi; ++ci) {
+#pragma unroll
+        for (int kh = 0; kh < 3; ++kh) {
+#pragma unroll
+          for (int kw = 0; kw < 3; ++kw) {
+            const float xv = xs[((ty + kh) * kIW + tx + kw) * kXS + g * kMi + ci];
+            const float4 w = w1s[(l * kMi + ci) * 9 + kh * 3 + kw];
+            a0 = fmaf(w.x, xv, a0);
+            a1 = fmaf(w.y, xv, a1);
+            a2 = fmaf(w.z, xv, a2);
+            a3 = fmaf(w.w, xv, a3);
+          }
+        }
+      }
+      if (valid) {
+        y1ws[static_cast<int64_t>(l * kM + 0) * s.total_pix + pix] = a0;
+        y1ws[static_cast<int64_t>(l * kM + 1) * s.total_pix + pix] = a1;
+        y1ws[static_cast<int64_t>(l * kM + 2) * s.total_pix + pix] = a2;
+        y1ws[static_cast<int64_t>(l * kM + 3) * s.total_pix + pix] = a3;
+      }
+    }
+  }
+}
+
+// grad_w1 terms of the tiles this block walks (grid = the mid kernel's rows), added into the
+// grad_w1 segment of the block's own partials row. Each thread owns kPerThread weights per chunk
+// and sums them over the tile's 256 pixels from shared memory.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kTileThreads)
+    igc_bwd_fast_w1_kernel(KernelShape s, Segments seg, const scalar_t* __restrict__ x, Strides4 xst,
+                           const float* __restrict__ ws, float* __restrict__ partial) {
+  IGC_DYNAMIC_SMEM(smem);
+  float* xs = reinterpret_cast<float*>(smem);
+  float* gys = reinterpret_cast<float*>(smem + kXBytes);  // [32 channels][kGS], pixel p = ty*32 + tx
+  const int tid = threadIdx.x;
+  const int tiles_w = (s.W_out + kTW - 1) / kTW, tiles_h = (s.H_out + kTH - 1) / kTH;
+  const int64_t num_tiles = static_cast<int64_t>(s.N) * tiles_h * tiles_w;
+  float acc[kChunks * kPerThread];
+#pragma unroll
+  for (int i = 0; i < kChunks * kPerThread; ++i) acc[i] = 0.f;
+
+  for (int64_t t = blockIdx.x; t < num_tiles; t += gridDim.x) {
+    const int n = static_cast<int>(t / (static_cast<int64_t>(tiles_h) * tiles_w));
+    const int r = static_cast<int>(t - static_cast<int64_t>(n) * tiles_h * tiles_w);
+    const int oh0 = (r / tiles_w) * kTH, ow0 = (r % tiles_w) * kTW;
+#pragma unroll
+    for (int chunk = 0; chunk < kChunks; ++chunk) {
+      __syncthreads();  // the previous readers are done with xs and gys
+      load_x_chunk(s, x, xst, xs, n, oh0, ow0, chunk);
+      for (int i = tid; i < kChunkC * kTileThreads; i += kTileThreads) {
+        const int cl = i / kTileThreads, p = i - cl * kTileThreads;
+        const int oh = oh0 + p / kTW, ow = ow0 + p % kTW;
+        float v = 0.f;  // pixels outside the output add nothing
+        if (oh < s.H_out && ow < s.W_out) {
+          v = ws[static_cast<int64_t>(chunk * kChunkC + cl) * s.total_pix +
+                 (static_cast<int64_t>(n) * s.H_out + oh) * s.W_out + ow];
+        }
+        gys[cl * kGS + p] = v;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const int kk = tid + i * kTileThreads;  // c1l*36 + ci*9 + kh*3 + kw within the chunk
+        if (kk < kWeightsPerChunk) {
+          const int c1l = kk / (kMi * 9), rr = kk - c1l * (kMi * 9);
+          const int ci = rr / 9, kh = (rr % 9) / 3, kw = rr % 3;
+          const float* gy = gys + c1l * kGS;
+          const float* xb = xs + (kh * kIW + kw) * kXS + (c1l / kM) * kMi + ci;
+          float a = 0.f;
+          for (int p = 0; p < kTileThreads; ++p) a = fmaf(gy[p], xb[((p / kTW) * kIW + p % kTW) * kXS], a);
+          acc[chunk * kPerThread + i] += a;
+        }
+      }
+    }
+  }
+  float* prow = partial + static_cast<int64_t>(blockIdx.x) * seg.K + seg.end_b2;
+#pragma unroll
+  for (int chunk = 0; chunk < kChunks; ++chunk) {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int kk = tid + i * kTileThreads;
+      if (kk < kWeightsPerChunk) prow[chunk * kWeightsPerChunk + kk] += acc[chunk * kPerThread + i];
+    }
+  }
+}
+}  // namespace fast_bwd
+
 // Shared memory of igc_bwd_mid_kernel: three [C][P+1] fp32 arrays and three ints per pixel.
 int64_t mid_smem_bytes(int C_out, int P) { return (3 * static_cast<int64_t>(C_out) * (P + 1) + 3 * P) * 4; }
 
 }  // namespace
+
+bool fast_backward_applies(const KernelShape& s) {
+  return s.kH == 3 && s.kW == 3 && s.sH == 1 && s.sW == 1 && s.dH == 1 && s.dW == 1 && s.L == fast_bwd::kL &&
+         s.M == fast_bwd::kM && s.M_in == fast_bwd::kMi && s.N <= 65535 &&
+         (s.H_out + fast_bwd::kTH - 1) / fast_bwd::kTH <= 65535;
+}
+
+int fast_backward_smem_bytes() { return std::max(fast_bwd::kY1Smem, fast_bwd::kW1GradSmem); }
 
 int backward_pixels_per_tile(int C_out) {
   if (mid_smem_bytes(C_out, 1) > kSmemBudget) return 0;
@@ -211,11 +386,32 @@ cudaError_t launch_backward(const BackwardArgs& a, cudaStream_t stream) {
   if (a.P < 1 || mid_smem_bytes(s.C_out, a.P) > kSmemBudget) return cudaErrorInvalidValue;
   return dispatch_dtype(a.dtype, [&](auto* tag) {
     using scalar_t = std::remove_pointer_t<decltype(tag)>;
+    const scalar_t* x = static_cast<const scalar_t*>(a.x);
+    cudaError_t err = cudaSuccess;
+    if (a.fast && a.y1ws != nullptr) {
+      auto kernel = fast_bwd::igc_bwd_fast_y1_kernel<scalar_t>;
+      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, fast_bwd::kY1Smem);
+      if (err != cudaSuccess) return err;
+      const dim3 grid((s.W_out + fast_bwd::kTW - 1) / fast_bwd::kTW, (s.H_out + fast_bwd::kTH - 1) / fast_bwd::kTH,
+                      s.N);
+      kernel<<<grid, fast_bwd::kTileThreads, fast_bwd::kY1Smem, stream>>>(s, x, a.xst, a.w1, a.b1, a.y1ws);
+      err = cudaGetLastError();
+      if (err != cudaSuccess) return err;
+    }
     igc_bwd_mid_kernel<scalar_t><<<a.rows, kThreads, static_cast<int>(mid_smem_bytes(s.C_out, a.P)), stream>>>(
         s, seg, a.P, a.num_tiles, static_cast<const scalar_t*>(a.gout), a.gst, static_cast<const scalar_t*>(a.out),
-        a.ost, static_cast<const scalar_t*>(a.x), a.xst, a.w1, a.b1, a.w2, a.ws, a.partial);
-    cudaError_t err = cudaGetLastError();
+        a.ost, x, a.xst, a.w1, a.b1, a.w2, a.y1ws, a.ws, a.partial);
+    err = cudaGetLastError();
     if (err != cudaSuccess) return err;
+
+    if (!seg.w1_in_mid && seg.end_w1 > seg.end_b2) {
+      auto kernel = fast_bwd::igc_bwd_fast_w1_kernel<scalar_t>;
+      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, fast_bwd::kW1GradSmem);
+      if (err != cudaSuccess) return err;
+      kernel<<<a.rows, fast_bwd::kTileThreads, fast_bwd::kW1GradSmem, stream>>>(s, seg, x, a.xst, a.ws, a.partial);
+      err = cudaGetLastError();
+      if (err != cudaSuccess) return err;
+    }
 
     if (seg.K > 0) {
       igc_reduce_partials_kernel<scalar_t><<<(seg.K + kThreads - 1) / kThreads, kThreads, 0, stream>>>(

@@ -75,8 +75,8 @@ const float* float_ptr_or_null(const at::Tensor& t) { return t.defined() ? t.dat
 
 void* ptr_or_null(at::Tensor& t) { return t.numel() > 0 ? t.data_ptr() : nullptr; }
 
-// IGC_KERNELS_CUDA_PATH=general forces the general forward kernel (tests and benchmarks compare
-// it with the fast one).
+// IGC_KERNELS_CUDA_PATH=general forces the general kernels, forward and backward (tests and
+// benchmarks compare them with the fast ones).
 bool force_general() {
   const char* v = std::getenv("IGC_KERNELS_CUDA_PATH");
   return v != nullptr && std::strcmp(v, "general") == 0;
@@ -169,20 +169,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> igc_conv_
   seg.K = seg.end_w1 + (need_b1 ? static_cast<int>(p.C_out) : 0);
   seg.need_y1 = need_w2;
   seg.need_gy1 = need_gx || need_w1 || need_b1;
+  const auto* props = at::cuda::getCurrentDeviceProperties();
+  a.fast = fast_backward_applies(a.s) && !force_general() &&
+           static_cast<size_t>(fast_backward_smem_bytes()) <= props->sharedMemPerBlockOptin;
+  seg.w1_in_mid = !a.fast;
 
   a.P = backward_pixels_per_tile(a.s.C_out);
   TORCH_CHECK(a.P > 0, "igc_conv_backward (CUDA): w1.shape[0] (L*M) is too large for the CUDA kernel, got ",
               p.C_out);
   a.num_tiles = (a.s.total_pix + a.P - 1) / a.P;
   // A fixed number of blocks (a few per SM) walks all tiles, which keeps the partials buffer small.
-  const auto* props = at::cuda::getCurrentDeviceProperties();
   a.rows = static_cast<int>(std::min<int64_t>(a.num_tiles, 4 * static_cast<int64_t>(props->multiProcessorCount)));
 
   const at::Tensor w1f = to_float_contig(w1), w2f = to_float_contig(w2);
   const at::Tensor b1f = b1.has_value() ? to_float_contig(*b1) : at::Tensor();
   const auto fopts = x.options().dtype(at::kFloat);
   at::Tensor partial = seg.K > 0 ? at::zeros({a.rows, seg.K}, fopts) : at::Tensor();
-  at::Tensor ws = need_gx ? at::empty({p.C_out, a.s.total_pix}, fopts) : at::Tensor();
+  // fp32 workspaces [C_mid, pixels]: the gradient of y1 (for grad_x, and grad_w1 on the fast path)
+  // and, on the fast path, the recomputed y1 for grad_w2.
+  at::Tensor ws = (need_gx || (a.fast && need_w1)) ? at::empty({p.C_out, a.s.total_pix}, fopts) : at::Tensor();
+  at::Tensor y1ws = (a.fast && need_w2) ? at::empty({p.C_out, a.s.total_pix}, fopts) : at::Tensor();
   a.gout = grad_out.data_ptr();
   a.gst = strides_of(grad_out);
   a.out = out.has_value() ? out->data_ptr() : nullptr;
@@ -193,6 +199,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> igc_conv_
   a.w2 = w2f.data_ptr<float>();
   a.b1 = float_ptr_or_null(b1f);
   a.ws = ws.defined() ? ws.data_ptr<float>() : nullptr;
+  a.y1ws = y1ws.defined() ? y1ws.data_ptr<float>() : nullptr;
   a.partial = partial.defined() ? partial.data_ptr<float>() : nullptr;
   a.gw2 = ptr_or_null(gw2);
   a.gb2 = ptr_or_null(gb2);

@@ -62,6 +62,7 @@ struct Segments {
   int end_w2, end_b2, end_w1, K;  // K = end of grad_b1
   bool need_y1;                   // grad_w2 needs the recomputed primary output
   bool need_gy1;                  // grad_x, grad_w1 and grad_b1 need the gradient of y1
+  bool w1_in_mid;                 // false on the fast path: igc_bwd_fast_w1_kernel fills grad_w1
 };
 
 struct BackwardArgs {
@@ -78,7 +79,9 @@ struct BackwardArgs {
   const void* x;
   Strides4 xst;
   const float *w1, *b1, *w2;  // b1 may be null
-  float* ws;                  // [C_mid, total_pix] fp32 gradient of y1; null unless grad_x is wanted
+  bool fast;                  // the paper's layer: y1 and grad_w1 by 2-D tile kernels (fast_backward_applies)
+  float* y1ws;                // [C_mid, total_pix] fp32 recomputed y1; fast path with grad_w2 only, else null
+  float* ws;                  // [C_mid, total_pix] fp32 gradient of y1; for grad_x (and grad_w1 when fast)
   float* partial;             // [rows, K] zero-initialised; null when K == 0
   void *gw2, *gb2, *gw1, *gb1;  // contiguous outputs in the activation dtype; null if unrequested
   void* gx;                     // null if unrequested
@@ -87,6 +90,10 @@ struct BackwardArgs {
 };
 
 int backward_pixels_per_tile(int C_out);  // 0 when C_out is too large
+// The paper's layer (same shapes as the fast forward): y1 and grad_w1 come from 2-D tile kernels
+// that stage the input tile in shared memory instead of per-thread gathers.
+bool fast_backward_applies(const KernelShape& s);
+int fast_backward_smem_bytes();
 cudaError_t launch_backward(const BackwardArgs& a, cudaStream_t stream);
 
 }  // namespace cuda

@@ -72,25 +72,41 @@ int igc_emu_forward(const int64_t* params, int dtype, int fast_path, int max_blo
 }
 
 // seg: end_w2, end_b2, end_w1, K, need_y1, need_gy1. partial: [rows, K] zeros with rows =
-// min(tiles, max_blocks); ws: [C_out, total_pix] (only with gx).
-int igc_emu_backward(const int64_t* params, int dtype, const int64_t* segq, int max_blocks, const void* gout,
-                     const int64_t* gst, const void* outp, const int64_t* ost, const void* x, const int64_t* xst,
-                     const float* w1, const float* b1, const float* w2, float* ws, float* partial, void* gw2,
-                     void* gb2, void* gw1, void* gb1, void* gx, const int64_t* gxst, int64_t gx_numel) {
+// min(tiles, max_blocks); ws: [C_out, total_pix] (with gx or, when fast, grad_w1); y1ws: the same
+// size, fast path with grad_w2 only. Returns 2 when fast is asked for and does not apply.
+int igc_emu_backward(const int64_t* params, int dtype, const int64_t* segq, int fast, int max_blocks,
+                     const void* gout, const int64_t* gst, const void* outp, const int64_t* ost, const void* x,
+                     const int64_t* xst, const float* w1, const float* b1, const float* w2, float* y1ws, float* ws,
+                     float* partial, void* gw2, void* gb2, void* gw1, void* gb1, void* gx, const int64_t* gxst,
+                     int64_t gx_numel) {
   const KernelShape s = shape_from(params);
+  if (fast && !fast_backward_applies(s)) return 2;
   Segments seg{static_cast<int>(segq[0]), static_cast<int>(segq[1]), static_cast<int>(segq[2]),
-               static_cast<int>(segq[3]), segq[4] != 0, segq[5] != 0};
+               static_cast<int>(segq[3]), segq[4] != 0, segq[5] != 0, fast == 0};
   const int P = backward_pixels_per_tile(s.C_out);
   if (P == 0) return 1;
   const int64_t tiles = (s.total_pix + P - 1) / P;
   const int rows = static_cast<int>(std::min<int64_t>(tiles, max_blocks));
   return with_dtype(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
+    const T* xp = static_cast<const T*>(x);
+    if (fast && y1ws != nullptr) {
+      const dim3 grid((s.W_out + fast_bwd::kTW - 1) / fast_bwd::kTW, (s.H_out + fast_bwd::kTH - 1) / fast_bwd::kTH,
+                      s.N);
+      igc_emu::launch(grid, dim3(fast_bwd::kTileThreads), fast_bwd::kY1Smem, [&] {
+        fast_bwd::igc_bwd_fast_y1_kernel<T>(s, xp, strides_from(xst), w1, b1, y1ws);
+      });
+    }
     igc_emu::launch(dim3(rows), dim3(kThreads), mid_smem_bytes(s.C_out, P), [&] {
       igc_bwd_mid_kernel<T>(s, seg, P, tiles, static_cast<const T*>(gout), strides_from(gst),
-                            static_cast<const T*>(outp), strides_from(ost), static_cast<const T*>(x),
-                            strides_from(xst), w1, b1, w2, ws, partial);
+                            static_cast<const T*>(outp), strides_from(ost), xp, strides_from(xst), w1, b1, w2,
+                            fast ? y1ws : nullptr, ws, partial);
     });
+    if (!seg.w1_in_mid && seg.end_w1 > seg.end_b2) {
+      igc_emu::launch(dim3(rows), dim3(fast_bwd::kTileThreads), fast_bwd::kW1GradSmem, [&] {
+        fast_bwd::igc_bwd_fast_w1_kernel<T>(s, seg, xp, strides_from(xst), ws, partial);
+      });
+    }
     if (seg.K > 0) {
       igc_emu::launch(dim3((seg.K + kThreads - 1) / kThreads), dim3(kThreads), 0, [&] {
         igc_reduce_partials_kernel<T>(partial, rows, seg, static_cast<T*>(gw2), static_cast<T*>(gb2),
