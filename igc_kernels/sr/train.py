@@ -239,6 +239,12 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def _available_backends(device: torch.device) -> list[str]:
+    from ..ops import available_backends
+
+    return list(available_backends(device.type))
+
+
 def build_run_model(cfg: TrainConfig) -> nn.Module:
     from ..models import build_model
 
@@ -284,6 +290,8 @@ def _train(cfg: TrainConfig, device: torch.device, dist: D.DistInfo) -> dict[str
         out.mkdir(parents=True, exist_ok=True)
         if ckpt_path.exists() and not cfg.resume:
             raise TrainError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out-dir")
+        for stale in out.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a kill -9 during a write
+            stale.unlink()
     D.barrier(dist)
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
@@ -357,7 +365,7 @@ def _train(cfg: TrainConfig, device: torch.device, dist: D.DistInfo) -> dict[str
         "train_images": len(dataset.paths), "dataset": dataset.describe(), "epoch_iters": epoch_iters,
         "total_iters": total, "lr_milestone_iters": milestones, "world_size": dist.world_size,
         "global_batch": global_batch, "device": str(device), "amp": str(adt), "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "igc_backends_available": _available_backends(device),
         "validation": (f"{cfg.val_folder} (held out from training; centre crop {cfg.val_crop or 'none'})"
                        if cfg.val_folder else "none"),
     }
@@ -368,7 +376,7 @@ def _train(cfg: TrainConfig, device: torch.device, dist: D.DistInfo) -> dict[str
             val_pairs = load_val_pairs(resolve_folder(cfg.val_folder), scales, cfg.val_crop)
         columns = ["step", "epoch", "lr", "loss", "iters_per_s", "patches_per_s", "wall_s"]
         columns += [f"{k}_x{s}" for s in scales for k in ("val_psnr", "bicubic_psnr")]
-        log = CsvLog(out / LOG_NAME, columns, start_step if cfg.resume else None)
+        log = CsvLog(out / LOG_NAME, columns, start_step if start_step > 0 else None)
         with open(out / INFO_NAME, "w") as f:
             json.dump(info, f, indent=2, default=str)
         if cfg.tensorboard:
