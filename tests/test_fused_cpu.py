@@ -262,6 +262,16 @@ def test_isa_report_and_switch():
             assert "avx2" in supported
 
 
+def test_library_is_built_multithreaded():
+    """at::parallel_for is an inline template; where torch uses OpenMP its `#pragma omp parallel` is
+    compiled into igc_kernels._C, which must then be built with -fopenmp or every call runs on one
+    thread (torch.set_num_threads would be ignored)."""
+    lib = _lib()
+    lib.igc_kernels_cpu_multithreaded.restype = ctypes.c_int
+    assert lib.igc_kernels_cpu_multithreaded() == 1, (
+        "igc_kernels._C was compiled without -fopenmp: the fused CPU kernels run single-threaded")
+
+
 _ENV_SCRIPT = """
 import ctypes, torch
 from igc_kernels import _C

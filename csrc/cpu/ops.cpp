@@ -30,6 +30,15 @@
 #include "igc_conv.h"
 #include "kernels.h"
 
+// at::parallel_for is an inline template: with torch's OpenMP backend its `#pragma omp parallel`
+// is compiled here, so this file must be built with -fopenmp or every kernel runs on one thread.
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
+#pragma message("igc_kernels: csrc/cpu is compiled without -fopenmp; the CPU kernels will run on one thread")
+#define IGC_CPU_MULTITHREADED 0
+#else
+#define IGC_CPU_MULTITHREADED 1
+#endif
+
 namespace igc {
 namespace cpu {
 namespace {
@@ -645,3 +654,9 @@ TORCH_LIBRARY_IMPL(igc_kernels, CPU, m) {
 
 }  // namespace cpu
 }  // namespace igc
+
+// 1 when at::parallel_for in this library can use several threads (built with OpenMP where torch
+// uses OpenMP), 0 when the build flags make the CPU kernels single-threaded (tests check this).
+extern "C" __attribute__((visibility("default"))) int igc_kernels_cpu_multithreaded(void) {
+  return IGC_CPU_MULTITHREADED;
+}
