@@ -494,29 +494,32 @@ def _emu_forward(emu, case: Case, t, fast: bool) -> torch.Tensor:
     return out
 
 
-def _emu_backward(emu, case: Case, t, out: torch.Tensor, fast: bool) -> list[torch.Tensor]:
+def _emu_backward(
+    emu, case: Case, t, out: torch.Tensor, fast: bool, mask=(True,) * 5
+) -> list[torch.Tensor]:
+    """The backward kernels with the buffers igc_conv_cuda.cpp would allocate for this mask."""
     params, _, _ = _emu_params(case, t)
     x, w1, w2 = t["x"], t["w1"], t["w2"]
     c_out = case.L * case.M
-    gx = torch.empty_like(x, memory_format=_layout(x))
-    gw1, gw2 = torch.empty_like(w1.contiguous()), torch.empty_like(w2.contiguous())
-    gb1, gb2 = torch.empty(c_out, dtype=x.dtype), torch.empty(c_out, dtype=x.dtype)
-    seg_w2 = c_out * case.L
-    seg = [
-        seg_w2,
-        seg_w2 + c_out,
-        seg_w2 + c_out + w1.numel(),
-        seg_w2 + 2 * c_out + w1.numel(),
-        1,
-        1,
-    ]
+    empty = torch.empty(0, dtype=x.dtype)
+    gx = torch.empty_like(x, memory_format=_layout(x)) if mask[0] else empty
+    gw1 = torch.empty_like(w1.contiguous()) if mask[1] else empty.clone()
+    gb1 = torch.empty(c_out, dtype=x.dtype) if mask[2] else empty.clone()
+    gw2 = torch.empty_like(w2.contiguous()) if mask[3] else empty.clone()
+    gb2 = torch.empty(c_out, dtype=x.dtype) if mask[4] else empty.clone()
+    end_w2 = c_out * case.L if mask[3] else 0
+    end_b2 = end_w2 + (c_out if mask[4] else 0)
+    end_w1 = end_b2 + (w1.numel() if mask[1] else 0)
+    k = end_w1 + (c_out if mask[2] else 0)
+    seg = [end_w2, end_b2, end_w1, k, int(mask[3]), int(mask[0] or mask[1] or mask[2])]
     rows = emu.igc_emu_backward_rows(_i64(params), EMU_MAX_BLOCKS)
-    partial = torch.zeros(rows, seg[3], dtype=torch.float32)
+    partial = torch.zeros(rows, k, dtype=torch.float32) if k > 0 else None
     total_pix = out.shape[0] * out.shape[2] * out.shape[3]
     # NaN-filled workspaces: an entry a kernel reads but no kernel wrote shows up in the results.
     nan = float("nan")
-    ws = torch.full((c_out, total_pix), nan, dtype=torch.float32)
-    y1ws = torch.full((c_out, total_pix), nan, dtype=torch.float32) if fast else None
+    need_ws = mask[0] or (fast and mask[1])
+    ws = torch.full((c_out, total_pix), nan, dtype=torch.float32) if need_ws else None
+    y1ws = torch.full((c_out, total_pix), nan, dtype=torch.float32) if fast and mask[3] else None
     f32 = {k: (t[k].float().contiguous() if t[k] is not None else None) for k in ("w1", "b1", "w2")}
     emu.igc_emu_backward.restype = ctypes.c_int
     rc = emu.igc_emu_backward(
@@ -542,7 +545,7 @@ def _emu_backward(emu, case: Case, t, out: torch.Tensor, fast: bool) -> list[tor
         _ptr(gw1),
         _ptr(gb1),
         _ptr(gx),
-        _i64(gx.stride()),
+        _i64(gx.stride()) if mask[0] else None,
         ctypes.c_int64(gx.numel()),
     )
     assert rc == 0, f"igc_emu_backward returned {rc}"
@@ -611,3 +614,17 @@ def test_emulated_fast_and_general_backward_agree(emu, channels_last):
     for name, a, b in zip(["grad_x", "grad_w1", "grad_b1", "grad_w2", "grad_b2"], fast, general):
         # Same sums in a different order (2-D tiles vs runs of pixels): fp32 rounding only.
         assert _rel_err(a, b) <= 1e-5, name
+
+
+@requires_emulation
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+def test_emulated_single_gradients(emu, fast):
+    case = CASES[0]
+    t = _make_inputs(case, torch.float32, True, seed=19)
+    _, ref_grads = _reference(t, case, "cpu", torch.float64)
+    out = _emu_forward(emu, case, t, fast=True)
+    for i in range(5):
+        mask = [j == i for j in range(5)]
+        grads = _emu_backward(emu, case, t, out, fast=fast, mask=mask)
+        assert _rel_err(grads[i], ref_grads[i]) <= FP32_TOL, f"gradient {i} alone"
+        assert all(g.numel() == 0 for j, g in enumerate(grads) if j != i)
