@@ -15,9 +15,11 @@
 // 2,304 MAC, together 5,760 MAC = 11,520 FLOP; memory at least x in + out = 2 x 96 values
 // (384 B in fp16/bf16, 768 B in fp32; +192 B per pixel with a residual). At 1x96x1080x1920
 // (2.07 M pixels) that is 23.9 GFLOP and 0.80 GB (fp16): on an H200 (~4.8 TB/s) the HBM floor is
-// 0.17 ms (80% of it: 0.21 ms). Doing 23.9 GFLOP in 0.2 ms needs ~120 TFLOP/s, more than the
-// H200's fp32 CUDA-core FMA peak (~67 TFLOP/s): with fp32 accumulation on CUDA cores (this
-// kernel) the layer is compute-bound at >= 0.36 ms however well memory is handled. Reaching the
+// 0.17 ms (at 80% of that bandwidth: 0.21 ms). Doing 23.9 GFLOP in 0.2 ms needs ~120 TFLOP/s, more
+// than the H200's fp32 CUDA-core FMA peak (~67 TFLOP/s): with fp32 accumulation on CUDA cores (this
+// kernel) the layer is compute-bound at >= 0.36 ms however well memory is handled, and the primary
+// issues one shared-memory load per 2 FMAs on top (estimate before measuring: 0.4-0.7 ms; ptxas:
+// 128 registers, no spills, at 2 blocks of 256 threads per SM). Reaching the
 // HBM floor needs the MACs on tensor cores: the secondary as [pixels x 24] x [24 x 24] mma per
 // group (fp16/bf16 in, fp32 accumulate) and the primary as block-diagonal mma over pairs of groups.
 // That is the next step once it can be measured on the device; this kernel is the correct,
