@@ -62,6 +62,13 @@ def test_short_run_schedule_log_and_weights(tmp_path, threads_restored):
     ref = model_state(run)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, ref[k], rtol=0, atol=0)
+    # --export-only writes the same weights from the checkpoint.
+    again = tmp_path / "again.safetensors"
+    assert main(["--out-dir", str(run), *TINY_ARGS, "--export-only", "--weights-out", str(again)]) == 0
+    model2, meta2 = load_weights(again)
+    assert meta2["steps"] == 20 and meta2["psnr"] == meta["psnr"]
+    for k, v in model2.state_dict().items():
+        assert torch.equal(v, ref[k])
 
 
 def test_identity_net_validates_at_bicubic_psnr(tmp_path):

@@ -16,7 +16,15 @@ import argparse
 import sys
 
 from ..sr.checkpoint import CheckpointError
-from ..sr.train import AMP_MODES, DEFAULT_TRAIN_FOLDERS, LOSSES, TrainConfig, TrainError, export_checkpoint, train
+from ..sr.train import (
+    AMP_MODES,
+    DEFAULT_TRAIN_FOLDERS,
+    LOSSES,
+    TrainConfig,
+    TrainError,
+    export_checkpoint,
+    train,
+)
 
 ARCH_CHOICES = ("igc_vdsr_s1", "igc_vdsr_s2", "igc_vdsr_s3", "vdsr")
 

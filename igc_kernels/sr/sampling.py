@@ -17,7 +17,7 @@ pass over this stream: patch datasets can be of any size.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Dataset
