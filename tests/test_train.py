@@ -162,3 +162,21 @@ def test_existing_checkpoint_needs_resume(tmp_path, threads_restored, capsys):
     capsys.readouterr()
     assert main(args) == 2
     assert "exists: pass --resume" in capsys.readouterr().err
+
+
+def test_init_weights_starts_where_the_previous_run_ended(tmp_path, threads_restored, capsys):
+    args = [*data_args(tmp_path), *TINY_ARGS, "--iters", "6", "--epoch-iters", "3"]
+    assert main(["--out-dir", str(tmp_path / "a"), *args]) == 0
+    first = read_log(tmp_path / "a")
+    weights = tmp_path / "a" / WEIGHTS_NAME
+    assert main(["--out-dir", str(tmp_path / "b"), *args, "--init-weights", str(weights)]) == 0
+    second = read_log(tmp_path / "b")
+    # The new run's step-0 validation is the old run's last one: the same network.
+    assert second[0]["step"] == "0" and second[0]["val_psnr_x2"] == first[-1]["val_psnr_x2"]
+    from igc_kernels.sr.weights import load_weights
+
+    _, meta = load_weights(tmp_path / "b" / WEIGHTS_NAME)
+    assert meta["steps"] == 6 and meta["total_steps"] == 12 and meta["init_weights"]["steps"] == 6
+    capsys.readouterr()
+    assert main(["--out-dir", str(tmp_path / "c"), *args, "--init-weights", str(tmp_path / "nope.safetensors")]) == 2
+    assert "--init-weights: weights file not found" in capsys.readouterr().err

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out-dir", default=d.out_dir, help="checkpoint, CSV log, run info and final weights (default %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.ckpt if it exists")
     g.add_argument("--weights-out", default=None, help="where to write the final safetensors (default <out-dir>/weights.safetensors)")
+    g.add_argument("--init-weights", default=None, metavar="FILE.safetensors",
+                   help="start from these weights (same architecture) with a fresh optimizer and schedule")
     g.add_argument("--export-only", action="store_true",
                    help="do not train: write weights from <out-dir>/checkpoint.ckpt (same model options as the run)")
     g.add_argument("--seed", type=int, default=d.seed)
@@ -96,7 +98,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         lr_milestones=tuple(a.lr_milestones), lr_gamma=a.lr_gamma, loss=a.loss, grad_clip=a.grad_clip,
         seed=a.seed, device=a.device, amp=a.amp, threads=a.threads, ckpt_every=a.ckpt_every,
         log_every=a.log_every, val_every=a.val_every, resume=a.resume, progress=not a.no_progress,
-        tensorboard=a.tensorboard, weights_out=a.weights_out,
+        tensorboard=a.tensorboard, weights_out=a.weights_out, init_weights=a.init_weights,
     )
 
 

@@ -104,6 +104,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     weights_out: str | None = None  # None: <out_dir>/weights.safetensors
+    init_weights: str | None = None  # start from these weights (a new schedule; not a resume)
     extra_metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -256,6 +257,23 @@ def build_run_model(cfg: TrainConfig) -> nn.Module:
         raise TrainError(str(e)) from e
 
 
+def _load_init_weights(cfg: TrainConfig, model: nn.Module) -> dict[str, Any]:
+    """Copy a weights file of the same architecture into ``model`` (warm start)."""
+    from .weights import WeightsError, load_weights
+
+    try:
+        src, meta = load_weights(resolve_folder(cfg.init_weights))
+    except (FileNotFoundError, WeightsError) as e:
+        raise TrainError(f"--init-weights: {e}") from e
+    if meta["arch"] != cfg.arch:
+        raise TrainError(f"--init-weights holds a {meta['arch']!r} model, but arch={cfg.arch!r}")
+    try:
+        model.load_state_dict(src.state_dict())
+    except RuntimeError as e:
+        raise TrainError(f"--init-weights does not fit the model built from the options: {e}") from e
+    return meta
+
+
 def _train_folders(cfg: TrainConfig) -> list[Path]:
     names = list(cfg.train_folders) if cfg.train_folders else list(DEFAULT_TRAIN_FOLDERS)
     folders = [resolve_folder(f) for f in names]
@@ -299,6 +317,7 @@ def _train(cfg: TrainConfig, device: torch.device, dist: D.DistInfo) -> dict[str
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     model = build_run_model(cfg).to(device)
+    init_meta = _load_init_weights(cfg, model) if cfg.init_weights else None
 
     folders = _train_folders(cfg)
     dataset = PatchDataset([str(f) for f in folders], scales=tuple(cfg.scales), patch_size=cfg.patch_size,
@@ -370,6 +389,9 @@ def _train(cfg: TrainConfig, device: torch.device, dist: D.DistInfo) -> dict[str
         "train_images": len(dataset.paths), "dataset": dataset.describe(), "epoch_iters": epoch_iters,
         "total_iters": total, "lr_milestone_iters": milestones, "world_size": dist.world_size,
         "global_batch": global_batch, "device": str(device), "amp": str(adt), "torch": torch.__version__,
+        "init_weights": (None if init_meta is None else
+                         {"file": Path(cfg.init_weights).name, "steps": init_meta.get("steps"),
+                          "total_steps": init_meta.get("total_steps", init_meta.get("steps"))}),
         "threads": torch.get_num_threads(), "igc_backends_available": _available_backends(device),
         "validation": (f"{cfg.val_folder} (held out from training; centre crop {cfg.val_crop or 'none'})"
                        if cfg.val_folder else "none"),
@@ -521,6 +543,9 @@ def export_weights(cfg: TrainConfig, model: nn.Module, info: dict, history: list
         "training_data": [Path(f).name for f in info["train_folders"]],
         "training_images": info["train_images"],
         "steps": step,
+        # Iterations including those of the weights this run started from (--init-weights).
+        "total_steps": step + ((info.get("init_weights") or {}).get("total_steps") or 0),
+        "init_weights": info.get("init_weights"),
         "global_batch": info["global_batch"],
         "patch_size": cfg.patch_size,
         "recipe": (f"{cfg.loss.upper()} loss, Adam{tuple(cfg.betas)} eps {cfg.eps:g}, lr {cfg.lr:g} "
