@@ -89,9 +89,16 @@ def _extension():
     debug = _flag("IGC_KERNELS_DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx = opt + ["-std=c++17", "-fvisibility=hidden"]
+    # torch >= 2.14's headers need C++20 (ATen.h says so with #error); older ones build as C++17.
+    std = "-std=c++20" if _torch_version() >= (2, 14) else "-std=c++17"
+    cxx = opt + [std, "-fvisibility=hidden"]
     # The SIMD kernels pick their instruction set at run time (see csrc/cpu/), so the library is
     # built for the baseline x86-64 target and runs on any x86-64 CPU.
+    # at::parallel_for is an inline template: with torch's OpenMP backend its `#pragma omp parallel`
+    # is compiled into this library, and without -fopenmp it silently runs on one thread.
+    # (GCC links the same libgomp that torch ships, so there is one OpenMP runtime.)
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    cxx += openmp
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
     with_cuda, why = _cuda_config()
     if _flag("IGC_KERNELS_FORCE_CUDA") and not with_cuda:
@@ -111,21 +118,19 @@ def _extension():
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         isystem = [flag for d in wheel_includes for flag in ("-isystem", d)]
-        # torch >= 2.14's headers need C++20 (ATen.h says so with #error); older ones build as C++17.
-        std = "-std=c++20" if _torch_version() >= (2, 14) else "-std=c++17"
-        cxx = [std if f == "-std=c++17" else f for f in cxx]
         nvcc = opt + [std, "--expt-relaxed-constexpr", "-lineinfo"] + isystem
         return CUDAExtension(
             sources=sources + cuda_sources,
             extra_compile_args={"cxx": cxx + isystem + ["-DIGC_WITH_CUDA"], "nvcc": nvcc + ["-DIGC_WITH_CUDA"]},
+            extra_link_args=openmp,
             **common,
         )
-    return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **common)
+    return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, extra_link_args=openmp, **common)
 
 
 setup(
     packages=find_packages(include=["igc_kernels", "igc_kernels.*"]),
-    package_data={"igc_kernels": ["weights/*.safetensors", "weights/*.json", "data/**/*"]},
+    package_data={"igc_kernels": ["weights/*.safetensors", "weights/*.json", "weights/*.md", "weights/*.csv", "data/**/*"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )
