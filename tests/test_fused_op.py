@@ -134,3 +134,21 @@ def test_reference_backend_autograd_matches_dense_path():
     case = IGCCase(N=1, L=2, M_in=2, M=2, H=4, W=4)
     args = case.make(dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda *t: igc_conv_reference(*t, *args[6:]), tuple(args[:6]))
+
+
+@needs_cpu_kernel
+def test_autocast_runs_the_op_in_the_autocast_dtype():
+    """torch.autocast does not cast custom ops' inputs; igc_conv does it as conv2d would."""
+    torch.manual_seed(0)
+    layer = IGCConv2d(16, 16, 3, padding=1, primary_groups=4, activation="relu")
+    x = torch.randn(2, 16, 7, 9)
+    want = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16
+    # bf16 inputs and weights (8-bit mantissa), fp32 accumulation: a few bf16 ulps of the output.
+    torch.testing.assert_close(out.float(), want, rtol=3e-2, atol=3e-2)
+    out.float().sum().backward()
+    assert layer.weight1.grad.dtype == torch.float32 and torch.isfinite(layer.weight1.grad).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+        assert layer(x).dtype == torch.float32

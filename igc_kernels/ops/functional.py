@@ -9,6 +9,23 @@ from .reference import igc_conv_reference
 from .validate import Pair, activation_code, check_igc_args, pair
 
 
+def _autocast(*tensors):
+    """Autocast does not cast the inputs of custom ops, so do what it does for conv2d: inside an
+    enabled autocast region, floating inputs other than float64 run in the autocast dtype (the
+    casts are differentiable, so fp32 parameters get fp32 gradients)."""
+    x = tensors[0]
+    if not isinstance(x, torch.Tensor) or not torch.is_autocast_enabled(x.device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(x.device.type)
+
+    def cast(t):
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64:
+            return t.to(dtype)
+        return t
+
+    return tuple(cast(t) for t in tensors)
+
+
 def igc_conv(
     x: torch.Tensor,
     w1: torch.Tensor,
@@ -55,6 +72,7 @@ def igc_conv(
     act = activation_code(activation)
     if not isinstance(shuffle, bool):
         raise TypeError(f"shuffle must be a bool, got {shuffle!r}")
+    x, w1, w2, b1, b2, residual = _autocast(x, w1, w2, b1, b2, residual)
     check_igc_args(x, w1, b1, w2, b2, residual, groups, stride_, padding_, dilation_)
     args = (x, w1, b1, w2, b2, residual, groups, list(stride_), list(padding_), list(dilation_), shuffle, act)
     chosen = backends.resolve(backend, x)

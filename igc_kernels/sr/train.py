@@ -331,11 +331,7 @@ def _train(cfg: TrainConfig, device: torch.device, dist: D.DistInfo) -> dict[str
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                            weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=cfg.lr_gamma)
-    adt = amp_dtype(cfg.amp, device)
-    if adt is not None:
-        from .amp import cast_igc_for_autocast
-
-        cast_igc_for_autocast(model)  # autocast does not cast custom ops' inputs by itself
+    adt = amp_dtype(cfg.amp, device)  # igc_conv follows autocast itself (ops/functional.py)
     scaler = torch.amp.GradScaler(device.type, enabled=adt == torch.float16)
 
     start_step, wall_before, history = 0, 0.0, []
