@@ -219,6 +219,27 @@ struct RowCache {
 // Work items per parallel chunk: enough that tiny layers run on one thread.
 int64_t grain_for(int64_t cost_per_item) { return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, cost_per_item)); }
 
+// The primary conv of one row segment [p0, p0 + len): for each group l, y1 rows l*M .. l*M+M-1
+// (+ b1) from the group's K1 packed taps. Shared by the forward and the backward's recompute.
+template <typename S>
+void primary_segment(const Layer<S>& g, const Kernels<S>& kern, const S* const* src, S* const* y1dst, int64_t p0,
+                     int64_t len) {
+  const int64_t M = g.p.M, K1 = g.K1;
+  RowsArgs<S> a;
+  a.MB = M;
+  a.K = K1;
+  a.P = len;
+  a.ldw = M;
+  a.soff = p0;
+  for (int64_t l = 0; l < g.p.L; ++l) {
+    a.w = g.w1T.data() + l * K1 * M;
+    a.bias = g.b1.empty() ? nullptr : g.b1.data() + l * M;
+    a.src = src + l * K1;
+    a.dst = y1dst + l * M;
+    kern.rows(a);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
@@ -256,19 +277,7 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
       cache.template prepare<T>(xp, xs, n, oy);
       for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
         const int64_t len = std::min(kSegF, p.W_out - p0);
-        RowsArgs<S> a;
-        a.MB = M;
-        a.K = K1;
-        a.P = len;
-        a.ldw = M;
-        a.soff = p0;
-        for (int64_t l = 0; l < L; ++l) {
-          a.w = g.w1T.data() + l * K1 * M;
-          a.bias = g.b1.empty() ? nullptr : g.b1.data() + l * M;
-          a.src = src.data() + l * K1;
-          a.dst = y1dst.data() + l * M;
-          kern.rows(a);
-        }
+        primary_segment(g, kern, src.data(), y1dst.data(), p0, len);
         for (int64_t oc = 0; oc < C; ++oc) {
           const int64_t c2 = g.c2_of_oc[oc];
           if (direct) {
@@ -394,21 +403,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
         if (need_pack) cache.template prepare<T>(xp, xs, n, oy);
         for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegB) {
           const int64_t len = std::min(kSegB, p.W_out - p0);
-          if (need_y1) {  // recompute the primary output of this segment
-            RowsArgs<S> a;
-            a.MB = M;
-            a.K = K1;
-            a.P = len;
-            a.ldw = M;
-            a.soff = p0;
-            for (int64_t l = 0; l < L; ++l) {
-              a.w = g.w1T.data() + l * K1 * M;
-              a.bias = g.b1.empty() ? nullptr : g.b1.data() + l * M;
-              a.src = src.data() + l * K1;
-              a.dst = y1dst.data() + l * M;
-              kern.rows(a);
-            }
-          }
+          if (need_y1) primary_segment(g, kern, src.data(), y1dst.data(), p0, len);  // recompute y1
           // gs[c2] = grad of the secondary output (activation mask applied, shuffle undone)
           auto load = [&](int64_t oc, int64_t i) {
             const int64_t px = p0 + i;
