@@ -58,6 +58,16 @@ struct GenericF {
   static IGC_AI void store(S* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
   static IGC_AI V bcast(S s) { V v = {}; return v + s; }
   static IGC_AI V fma(V a, V b, V c) { return a * b + c; }
+  static IGC_AI V load_partial(const S* p, int64_t rem) {
+    S t[VL] = {};
+    for (int64_t l = 0; l < rem; ++l) t[l] = p[l];
+    return load(t);
+  }
+  static IGC_AI void store_partial(S* p, V v, int64_t rem) {
+    S t[VL];
+    store(t, v);
+    for (int64_t l = 0; l < rem; ++l) p[l] = t[l];
+  }
 };
 
 struct GenericD {
@@ -68,6 +78,16 @@ struct GenericD {
   static IGC_AI void store(S* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
   static IGC_AI V bcast(S s) { V v = {}; return v + s; }
   static IGC_AI V fma(V a, V b, V c) { return a * b + c; }
+  static IGC_AI V load_partial(const S* p, int64_t rem) {
+    S t[VL] = {};
+    for (int64_t l = 0; l < rem; ++l) t[l] = p[l];
+    return load(t);
+  }
+  static IGC_AI void store_partial(S* p, V v, int64_t rem) {
+    S t[VL];
+    store(t, v);
+    for (int64_t l = 0; l < rem; ++l) p[l] = t[l];
+  }
 };
 
 // Portable path (baseline flags): SSE2 on x86-64, NEON etc. elsewhere.
@@ -86,6 +106,13 @@ struct Avx2 {
   static IGC_AI void store(S* p, V v) { _mm256_storeu_ps(p, v); }
   static IGC_AI V bcast(S s) { return _mm256_set1_ps(s); }
   static IGC_AI V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  // Lanes l < rem (1 <= rem < VL): a sliding window over {-1 x 8, 0 x 8} gives the lane mask.
+  static IGC_AI __m256i mask(int64_t rem) {
+    static const int32_t m[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + 8 - rem));
+  }
+  static IGC_AI V load_partial(const S* p, int64_t rem) { return _mm256_maskload_ps(p, mask(rem)); }
+  static IGC_AI void store_partial(S* p, V v, int64_t rem) { _mm256_maskstore_ps(p, mask(rem), v); }
 };
 
 #include "kernels_impl.inc"
@@ -102,6 +129,9 @@ struct Avx512 {
   static IGC_AI void store(S* p, V v) { _mm512_storeu_ps(p, v); }
   static IGC_AI V bcast(S s) { return _mm512_set1_ps(s); }
   static IGC_AI V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  // Lanes l < rem: masked, so lanes past the end are never touched (zero when loaded).
+  static IGC_AI V load_partial(const S* p, int64_t rem) { return _mm512_maskz_loadu_ps(__mmask16((1u << rem) - 1), p); }
+  static IGC_AI void store_partial(S* p, V v, int64_t rem) { _mm512_mask_storeu_ps(p, __mmask16((1u << rem) - 1), v); }
 };
 #include "kernels_impl.inc"
 }  // namespace x512

@@ -373,6 +373,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
       const std::vector<const S*>& src = cache.src;
       std::vector<S> y1(need_y1 ? C * kSegB : 0, S(0)), gs(C * kSegB, S(0)), gy1(need_gy1 ? C * kSegB : 0, S(0));
       std::vector<S> accw1(mask[1] ? C * K1 * lanes : 0, S(0)), accw2(mask[3] ? C * L * lanes : 0, S(0));
+      std::vector<S> accb1(mask[2] ? C * lanes : 0, S(0)), accb2(mask[4] ? C * lanes : 0, S(0));
+      // Bias gradients are row sums: the NT kernel against a row of ones (vectorized, lane sums).
+      const std::vector<S> ones(kSegB + kLanes, S(1));
+      const S* ones_row = ones.data();
+      auto row_sums = [&](const S* const* rows_, int64_t len, S* acc) {
+        NtArgs<S> a;
+        a.MA = C;
+        a.NB = 1;
+        a.P = len;
+        a.a = rows_;
+        a.b = &ones_row;
+        a.acc = acc;
+        a.ld = 1;
+        kern.nt(a);
+      };
       std::vector<const S*> y1src(C), gsrow(C), gy1row(C);
       std::vector<S*> y1dst(C), gy1dst(C);
       for (int64_t l = 0; l < L; ++l)
@@ -395,6 +410,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
           dst[e] += s;
         }
         std::fill(acc.begin(), acc.end(), S(0));
+      };
+      auto flush_all = [&] {
+        if (mask[1]) flush(accw1, A.w1);
+        if (mask[2]) flush(accb1, A.b1);
+        if (mask[3]) flush(accw2, A.w2);
+        if (mask[4]) flush(accb2, A.b2);
       };
       int64_t pending = 0;
       const int64_t r0 = rows * ch / chunks, r1 = rows * (ch + 1) / chunks;
@@ -432,12 +453,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
             for (int64_t i = 0; i < len; ++i)
               for (int64_t oc = 0; oc < C; ++oc) load(oc, i);
           }
-          if (mask[4])
-            for (int64_t c2 = 0; c2 < C; ++c2) {
-              S s = 0;
-              for (int64_t i = 0; i < len; ++i) s += gs[c2 * kSegB + i];
-              A.b2[c2] += double(s);
-            }
+          if (mask[4]) row_sums(gsrow.data(), len, accb2.data());
           if (mask[3]) {  // grad_w2[m*L+j][l] += sum_px gs[m*L+j] * y1[l*M+m]
             NtArgs<S> a;
             a.MA = L;
@@ -463,12 +479,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
               a.dst = gy1dst.data() + m * L;
               kern.rows(a);
             }
-            if (mask[2])
-              for (int64_t c1 = 0; c1 < C; ++c1) {
-                S s = 0;
-                for (int64_t i = 0; i < len; ++i) s += gy1[c1 * kSegB + i];
-                A.b1[c1] += double(s);
-              }
+            if (mask[2]) row_sums(gy1row.data(), len, accb1.data());
             if (mask[1]) {  // grad_w1[l*M+m][k] += sum_px gy1[l*M+m] * src_k
               NtArgs<S> b;
               b.MA = M;
@@ -493,14 +504,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
           }
           pending += len;
           if (pending >= kFlushPixels) {
-            if (mask[1]) flush(accw1, A.w1);
-            if (mask[3]) flush(accw2, A.w2);
+            flush_all();
             pending = 0;
           }
         }
       }
-      if (mask[1]) flush(accw1, A.w1);
-      if (mask[3]) flush(accw2, A.w2);
+      flush_all();
     }
   });
 
