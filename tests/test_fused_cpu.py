@@ -131,6 +131,30 @@ def test_edge_shapes(case, isa):
     _check_case(case, seed=7)
 
 
+# The backward splits the output rows into one band per thread and forms grad_x from a ring of
+# grad_y1 rows, recomputing the rows a band's input rows need from its neighbour. Shapes big enough
+# for several bands, with vertical stride, dilation, kernel heights 1/3/5, output rows that read
+# only padding and input rows that no output reads.
+BAND_CASES = [
+    IGCCase(N=2, L=6, M_in=4, M=4, H=11, W=40),
+    IGCCase(N=1, L=6, M_in=4, M=4, H=23, W=37, k=(5, 3), padding=(2, 1), stride=(2, 1), activation=0),
+    IGCCase(N=3, L=6, M_in=4, M=4, H=9, W=40, k=(3, 3), padding=(4, 1)),
+    IGCCase(N=2, L=6, M_in=4, M=4, H=13, W=40, k=(3, 3), padding=(2, 1), dilation=(3, 1), channels_last=True),
+    IGCCase(N=1, L=6, M_in=4, M=4, H=20, W=40, k=(1, 3), padding=(0, 1), stride=(3, 2), residual=True),
+]
+
+
+@pytest.mark.parametrize("threads", [3, 4])
+@pytest.mark.parametrize("case", BAND_CASES, ids=[f"band{i}" for i in range(len(BAND_CASES))])
+def test_backward_row_bands(case, threads):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        _check_case(case, seed=31 + threads)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_output_mask_and_batch_zero():
     """Unrequested gradients come back as 0-element tensors; N=0 gives empty outputs, zero weight grads."""
     case = IGCCase(N=2, L=3, M_in=2, M=2, H=5, W=6)

@@ -325,10 +325,124 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
 
 // ---------------------------------------------------------------------------------------------
 // Backward.
+//
+// One pass over output rows computes, per pixel segment: gs (grad of the secondary output: the
+// activation mask applied, the shuffle undone), grad_y1 = the transposed secondary applied to gs,
+// and the weight/bias gradients (NT reductions against the recomputed y1 and the packed input).
+// grad_y1 rows go to a small ring of rows; as soon as the ring holds every grad_y1 row an input
+// row depends on, that row of grad_x is formed (a correlation of the zero-upsampled grad_y1 rows
+// with the flipped primary weights) while those rows are still in cache. No activation-size
+// temporary exists.
+//
+// Work split, fixed so results do not depend on scheduling: the N*H_out output rows are cut into
+// `chunks` equal ranges, each with its own weight-gradient sums. Input row iy belongs to the chunk
+// owning output row last(iy), the last output row it depends on, clamped to the image; a chunk
+// also computes grad_y1 (not the weight sums) of the few rows before its range that its input
+// rows depend on.
 
 template <typename S>
 struct GradAcc {  // one chunk's weight-gradient sums
   std::vector<double> w1, b1, w2, b2;
+};
+
+// grad_x of input rows, from grad_y1 rows kept with zero margins (Lm left, up to Wg right) so that
+// for stride 1 the taps are read in place: the row of tap kw' starts at Lm + base + kw'*dW.
+template <typename T, typename S>
+struct GradInput {
+  const Layer<S>& g;
+  const Kernels<S>& kern;
+  T* gxp;
+  Str gxs;
+  bool direct;
+  int64_t base, Lm, Wg, Wz, Kx;
+  std::vector<S> Z, wg, tile;
+  std::vector<const S*> srcx;
+  std::vector<S*> dst;
+
+  // gx: the 4-D grad_x to write, or an undefined tensor (sizes only).
+  GradInput(const Layer<S>& layer, const Kernels<S>& k, const Tensor& gx)
+      : g(layer), kern(k), gxp(gx.defined() ? gx.data_ptr<T>() : nullptr) {
+    const IGCConvParams& p = g.p;
+    gxs = gx.defined() ? strides_of(gx) : Str{0, 0, 0, 0};
+    direct = std::is_same<T, S>::value && gxs.w == 1;
+    base = p.pW - (p.kW - 1) * p.dW;
+    Lm = std::max<int64_t>(0, -base);
+    Wg = round_up(Lm + std::max(p.W_out, p.W + p.pW + kLanes), kLanes);
+    Wz = round_up(p.W + (p.kW - 1) * p.dW + kLanes, kLanes);
+    Kx = p.M * p.kH * p.kW;
+    Z.resize(p.sW > 1 ? p.kH * p.C_out * Wz : 0);
+    wg.resize(p.L * Kx * p.M_in);
+    tile.resize(direct ? 0 : p.C_in * kSegX);
+    srcx.resize(p.L * Kx);
+    dst.resize(p.C_in);
+  }
+  // The output row that input row iy depends on last (kh = 0), clamped to the image.
+  int64_t last(int64_t iy) const {
+    const IGCConvParams& p = g.p;
+    return std::min(p.H_out - 1, (iy + p.pH) / p.sH);
+  }
+
+  // Row iy of image n; row_of(c1, oy) is the margined grad_y1 row of channel c1, output row oy.
+  template <typename RowOf>
+  void emit(int64_t n, int64_t iy, const RowOf& row_of) {
+    const IGCConvParams& p = g.p;
+    const int64_t L = p.L, M = p.M, C = p.C_out, Min = p.M_in;
+    int64_t nv = 0;
+    for (int64_t kh = 0; kh < p.kH; ++kh) {
+      const int64_t t = iy + p.pH - kh * p.dH;
+      if (t < 0 || t % p.sH != 0 || t / p.sH >= p.H_out) continue;
+      const int64_t oy = t / p.sH;
+      // Stride 1: taps read the margined rows in place. Stride sW > 1: zero-upsample first.
+      for (int64_t c1 = 0; c1 < C && p.sW > 1; ++c1) {
+        S* z = Z.data() + (nv * C + c1) * Wz;
+        const S* gr = row_of(c1, oy) + Lm;
+        for (int64_t t2 = 0; t2 < Wz; ++t2) {
+          const int64_t q = t2 + base;
+          z[t2] = q >= 0 && q % p.sW == 0 && q / p.sW < p.W_out ? gr[q / p.sW] : S(0);
+        }
+      }
+      // Sources and weights of this valid kernel row, appended after the earlier ones.
+      for (int64_t l = 0; l < L; ++l)
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t kw = 0; kw < p.kW; ++kw) {
+            const int64_t k = (nv * M + m) * p.kW + kw;
+            const int64_t c1 = l * M + m;
+            srcx[l * Kx + k] = p.sW > 1 ? Z.data() + (nv * C + c1) * Wz + kw * p.dW
+                                        : row_of(c1, oy) + Lm + base + kw * p.dW;
+            for (int64_t ci = 0; ci < Min; ++ci)
+              wg[(l * Kx + k) * Min + ci] = g.w1[(((l * M + m) * Min + ci) * p.kH + kh) * p.kW + (p.kW - 1 - kw)];
+          }
+      ++nv;
+    }
+    for (int64_t p0 = 0; p0 < p.W; p0 += kSegX) {
+      const int64_t len = std::min(kSegX, p.W - p0);
+      for (int64_t c = 0; c < p.C_in; ++c)
+        dst[c] = direct ? reinterpret_cast<S*>(gxp + n * gxs.n + c * gxs.c + iy * gxs.h + p0) : tile.data() + c * kSegX;
+      RowsArgs<S> a;  // nv == 0 (a row no output depends on): K = 0 writes zeros
+      a.MB = Min;
+      a.K = nv * M * p.kW;
+      a.P = len;
+      a.ldw = Min;
+      a.soff = p0;
+      for (int64_t l = 0; l < L; ++l) {
+        a.w = wg.data() + l * Kx * Min;
+        a.src = srcx.data() + l * Kx;
+        a.dst = dst.data() + l * Min;
+        kern.rows(a);
+      }
+      if (direct) continue;
+      auto store = [&](int64_t c, int64_t i) {
+        gxp[n * gxs.n + c * gxs.c + iy * gxs.h + (p0 + i) * gxs.w] = T(tile[c * kSegX + i]);
+      };
+      if (gxs.w == 1) {
+        for (int64_t c = 0; c < p.C_in; ++c)
+          for (int64_t i = 0; i < len; ++i) store(c, i);
+      } else {
+        for (int64_t i = 0; i < len; ++i)
+          for (int64_t c = 0; c < p.C_in; ++c) store(c, i);
+      }
+    }
+  }
 };
 
 template <typename T, typename S>
@@ -340,7 +454,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
   const Kernels<S>& kern = kernels<S>();
   const Layer<S> g(p, w1, b1, w2, c10::nullopt);
   const int64_t L = p.L, M = p.M, C = p.C_out, K1 = g.K1, lanes = kern.lanes;
-  const auto st = std::is_same<S, double>::value ? at::kDouble : at::kFloat;
   const bool need_y1 = mask[3], need_gy1 = mask[0] || mask[1] || mask[2], need_pack = need_y1 || mask[1];
   const bool relu = p.activation == kActRelu;
   const T* xp = x.data_ptr<T>();
@@ -348,17 +461,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
   const T* outp = relu ? out->data_ptr<T>() : nullptr;
   const Str xs = strides_of(x), gs_ = strides_of(grad_out), os = relu ? strides_of(*out) : Str{0, 0, 0, 0};
   const int64_t rows = p.N * p.H_out;
-  // grad_y1 of every pixel for the grad_x pass, each row stored with zero margins (Lm left, up to
-  // Wg right) so that pass reads the taps of stride-1 rows straight from it: the row of tap kw'
-  // starts at Lm + base + kw'*dW and is read up to a vector past the image width.
-  const int64_t base = p.pW - (p.kW - 1) * p.dW, Lm = std::max<int64_t>(0, -base);
-  const int64_t Wg = round_up(Lm + std::max(p.W_out, p.W + p.pW + kLanes), kLanes);
-  Tensor gy1_all = mask[0] ? at::empty({p.N, C, p.H_out, Wg}, x.options().dtype(st)) : Tensor();
-  S* gy1_allp = mask[0] ? gy1_all.data_ptr<S>() : nullptr;
+  Tensor empty = at::empty({0}, x.options());
+  Tensor gx = mask[0] ? at::empty_like(x, x.options().memory_format(x.suggest_memory_format())) : empty;
+  const bool emit_gx = mask[0] && gx.numel() > 0;
+  // grad_y1 rows an input row depends on span at most this many consecutive output rows.
+  const int64_t ring = emit_gx ? (p.kH - 1) * p.dH / p.sH + 2 : 1;
 
-  // Pass 1: over output rows, in a fixed number of chunks with one accumulator set each, so the
-  // result does not depend on scheduling.
-  const int64_t cost = p.W_out * C * (K1 + L) * 3;
+  const int64_t cost = p.W_out * C * (K1 + L) * 4;
   int64_t chunks = std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(1, rows * cost >> 20));
   chunks = std::max<int64_t>(1, std::min(chunks, rows));
   std::vector<GradAcc<S>> accs(chunks);
@@ -370,10 +479,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
       A.w2.assign(mask[3] ? C * L : 0, 0.0);
       A.b2.assign(mask[4] ? C : 0, 0.0);
       RowCache<S> cache(g);
+      GradInput<T, S> gin(g, kern, emit_gx ? gx : Tensor());
+      const int64_t Wg = gin.Wg, Lm = gin.Lm;
       const std::vector<const S*>& src = cache.src;
-      std::vector<S> y1(need_y1 ? C * kSegB : 0, S(0)), gs(C * kSegB, S(0)), gy1(need_gy1 ? C * kSegB : 0, S(0));
+      std::vector<S> y1(need_y1 ? C * kSegB : 0, S(0)), gs(C * kSegB, S(0));
+      std::vector<S> gy1(need_gy1 ? ring * C * Wg : 0, S(0));  // margins stay zero: only [Lm, Lm+W_out) is written
       std::vector<S> accw1(mask[1] ? C * K1 * lanes : 0, S(0)), accw2(mask[3] ? C * L * lanes : 0, S(0));
       std::vector<S> accb1(mask[2] ? C * lanes : 0, S(0)), accb2(mask[4] ? C * lanes : 0, S(0));
+      std::vector<const S*> y1src(C), gsrow(C), gy1row(C);
+      std::vector<S*> y1dst(C), gy1dst(C);
+      for (int64_t l = 0; l < L; ++l)
+        for (int64_t m = 0; m < M; ++m)
+          if (need_y1) {
+            y1dst[l * M + m] = y1.data() + (l * M + m) * kSegB;
+            y1src[m * L + l] = y1.data() + (l * M + m) * kSegB;
+          }
+      for (int64_t c2 = 0; c2 < C; ++c2) gsrow[c2] = gs.data() + c2 * kSegB;
+      auto gy1_row = [&](int64_t c1, int64_t oy) { return gy1.data() + ((oy % ring) * C + c1) * Wg; };
       // Bias gradients are row sums: the NT kernel against a row of ones (vectorized, lane sums).
       const std::vector<S> ones(kSegB + kLanes, S(1));
       const S* ones_row = ones.data();
@@ -388,21 +510,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
         a.ld = 1;
         kern.nt(a);
       };
-      std::vector<const S*> y1src(C), gsrow(C), gy1row(C);
-      std::vector<S*> y1dst(C), gy1dst(C);
-      for (int64_t l = 0; l < L; ++l)
-        for (int64_t m = 0; m < M; ++m) {
-          const int64_t c1 = l * M + m;
-          if (need_y1) {
-            y1dst[c1] = y1.data() + c1 * kSegB;
-            y1src[m * L + l] = y1.data() + c1 * kSegB;
-          }
-          if (need_gy1) {
-            gy1row[c1] = gy1.data() + c1 * kSegB;
-            gy1dst[m * L + l] = gy1.data() + c1 * kSegB;
-          }
-        }
-      for (int64_t c2 = 0; c2 < C; ++c2) gsrow[c2] = gs.data() + c2 * kSegB;
       auto flush = [&](std::vector<S>& acc, std::vector<double>& dst) {
         for (size_t e = 0; e < dst.size(); ++e) {
           double s = 0;
@@ -418,14 +525,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
         if (mask[4]) flush(accb2, A.b2);
       };
       int64_t pending = 0;
-      const int64_t r0 = rows * ch / chunks, r1 = rows * (ch + 1) / chunks;
-      for (int64_t row = r0; row < r1; ++row) {
-        const int64_t n = row / p.H_out, oy = row % p.H_out;
-        if (need_pack) cache.template prepare<T>(xp, xs, n, oy);
+
+      // Output row oy of image n: gs, grad_y1 (into the ring), and when `owned` the weight sums.
+      auto output_row = [&](int64_t n, int64_t oy, bool owned) {
+        if (owned && need_pack) cache.template prepare<T>(xp, xs, n, oy);
         for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegB) {
           const int64_t len = std::min(kSegB, p.W_out - p0);
-          if (need_y1) primary_segment(g, kern, src.data(), y1dst.data(), p0, len);  // recompute y1
-          // gs[c2] = grad of the secondary output (activation mask applied, shuffle undone)
+          if (owned && need_y1) primary_segment(g, kern, src.data(), y1dst.data(), p0, len);  // recompute y1
           auto load = [&](int64_t oc, int64_t i) {
             const int64_t px = p0 + i;
             S v = S(gp[n * gs_.n + oc * gs_.c + oy * gs_.h + px * gs_.w]);
@@ -453,8 +559,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
             for (int64_t i = 0; i < len; ++i)
               for (int64_t oc = 0; oc < C; ++oc) load(oc, i);
           }
-          if (mask[4]) row_sums(gsrow.data(), len, accb2.data());
-          if (mask[3]) {  // grad_w2[m*L+j][l] += sum_px gs[m*L+j] * y1[l*M+m]
+          if (owned && mask[4]) row_sums(gsrow.data(), len, accb2.data());
+          if (owned && mask[3]) {  // grad_w2[m*L+j][l] += sum_px gs[m*L+j] * y1[l*M+m]
             NtArgs<S> a;
             a.MA = L;
             a.NB = L;
@@ -467,7 +573,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
               kern.nt(a);
             }
           }
-          if (need_gy1) {
+          if (need_gy1 && (owned || emit_gx)) {
+            for (int64_t l = 0; l < L; ++l)
+              for (int64_t m = 0; m < M; ++m) {
+                S* r = gy1_row(l * M + m, oy) + Lm + p0;
+                gy1row[l * M + m] = r;
+                gy1dst[m * L + l] = r;
+              }
             RowsArgs<S> a;  // gy1[l*M+m] = sum_j w2[m*L+j][l] * gs[m*L+j]
             a.MB = L;
             a.K = L;
@@ -479,8 +591,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
               a.dst = gy1dst.data() + m * L;
               kern.rows(a);
             }
-            if (mask[2]) row_sums(gy1row.data(), len, accb1.data());
-            if (mask[1]) {  // grad_w1[l*M+m][k] += sum_px gy1[l*M+m] * src_k
+            if (owned && mask[2]) row_sums(gy1row.data(), len, accb1.data());
+            if (owned && mask[1]) {  // grad_w1[l*M+m][k] += sum_px gy1[l*M+m] * src_k
               NtArgs<S> b;
               b.MA = M;
               b.NB = K1;
@@ -494,26 +606,38 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
                 kern.nt(b);
               }
             }
-            if (mask[0])
-              for (int64_t c1 = 0; c1 < C; ++c1) {
-                S* gr = gy1_allp + ((n * C + c1) * p.H_out + oy) * Wg;
-                std::memcpy(gr + Lm + p0, gy1.data() + c1 * kSegB, len * sizeof(S));
-                if (p0 == 0) std::fill(gr, gr + Lm, S(0));
-                if (p0 + len == p.W_out) std::fill(gr + Lm + p.W_out, gr + Wg, S(0));
-              }
           }
-          pending += len;
+          if (owned) pending += len;
           if (pending >= kFlushPixels) {
             flush_all();
             pending = 0;
           }
+        }
+      };
+
+      // This chunk's output rows, image by image.
+      const int64_t r0 = rows * ch / chunks, r1 = rows * (ch + 1) / chunks;
+      for (int64_t n = r0 / p.H_out; n * p.H_out < r1; ++n) {
+        const int64_t o0 = std::max(r0, n * p.H_out) - n * p.H_out, o1 = std::min(r1, (n + 1) * p.H_out) - n * p.H_out;
+        // Input rows [i0, i1) with last(iy) in [o0, o1) (last is non-decreasing), and the output
+        // rows [lo, o1) they depend on.
+        int64_t i0 = 0, i1 = 0, lo = o0;
+        if (emit_gx) {
+          while (i0 < p.H && gin.last(i0) < o0) ++i0;
+          i1 = i0;
+          while (i1 < p.H && gin.last(i1) < o1) ++i1;
+          if (i1 > i0) lo = std::min(o0, std::max<int64_t>(0, (i0 + p.pH - (p.kH - 1) * p.dH) / p.sH));
+        }
+        int64_t iy = i0;
+        for (int64_t oy = lo; oy < o1; ++oy) {
+          output_row(n, oy, oy >= o0);
+          for (; iy < i1 && gin.last(iy) <= oy; ++iy) gin.emit(n, iy, gy1_row);
         }
       }
       flush_all();
     }
   });
 
-  Tensor empty = at::empty({0}, x.options());
   auto reduce = [&](std::vector<double> GradAcc<S>::*field, const Tensor& like) {
     Tensor r = at::empty(like.sizes(), x.options().dtype(at::kDouble));
     double* rp = r.data_ptr<double>();
@@ -527,81 +651,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
   Tensor gb1 = mask[2] ? reduce(&GradAcc<S>::b1, b_like) : empty;
   Tensor gw2 = mask[3] ? reduce(&GradAcc<S>::w2, w2) : empty;
   Tensor gb2 = mask[4] ? reduce(&GradAcc<S>::b2, b_like) : empty;
-  if (!mask[0]) return {empty, gw1, gb1, gw2, gb2};
-
-  // Pass 2: grad_x over input rows (n, iy). With base = pW - (kW-1)*dW, row Z of output row oy
-  // holds Z[t] = gy1[oy][(t + base) / sW] where (t + base) is a multiple of sW in range, else 0;
-  // then grad_x[ix] = sum_{m, kh, kw'} w1[.][ci][kh][kW-1-kw'] * Z_(m,kh)[ix + kw'*dW].
-  Tensor gx = at::empty_like(x, x.options().memory_format(x.suggest_memory_format()));
-  if (gx.numel() == 0) return {gx, gw1, gb1, gw2, gb2};
-  T* gxp = gx.data_ptr<T>();
-  const Str gxs = strides_of(gx);
-  const bool direct = std::is_same<T, S>::value && gxs.w == 1;
-  const int64_t Wz = round_up(p.W + (p.kW - 1) * p.dW + kLanes, kLanes);
-  const int64_t Kx = M * p.kH * p.kW, Min = p.M_in;
-  at::parallel_for(0, p.N * p.H, grain_for(p.W * C * Kx), [&](int64_t begin, int64_t end) {
-    std::vector<S> Z(p.sW > 1 ? p.kH * C * Wz : 0), wg(L * Kx * Min), tile(direct ? 0 : p.C_in * kSegX, S(0));
-    std::vector<const S*> srcx(L * Kx);
-    std::vector<S*> dst(p.C_in);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / p.H, iy = row % p.H;
-      int64_t nv = 0;
-      for (int64_t kh = 0; kh < p.kH; ++kh) {
-        const int64_t t = iy + p.pH - kh * p.dH;
-        if (t < 0 || t % p.sH != 0 || t / p.sH >= p.H_out) continue;
-        const int64_t oy = t / p.sH;
-        // Stride 1: taps read the padded grad_y1 rows in place. Stride sW > 1: zero-upsample.
-        for (int64_t c1 = 0; c1 < C && p.sW > 1; ++c1) {
-          S* z = Z.data() + (nv * C + c1) * Wz;
-          const S* gr = gy1_allp + ((n * C + c1) * p.H_out + oy) * Wg + Lm;
-          for (int64_t t2 = 0; t2 < Wz; ++t2) {
-            const int64_t q = t2 + base;
-            z[t2] = q >= 0 && q % p.sW == 0 && q / p.sW < p.W_out ? gr[q / p.sW] : S(0);
-          }
-        }
-        // Sources and weights of this valid kernel row, appended after the earlier ones.
-        for (int64_t l = 0; l < L; ++l)
-          for (int64_t m = 0; m < M; ++m)
-            for (int64_t kw = 0; kw < p.kW; ++kw) {
-              const int64_t k = (nv * M + m) * p.kW + kw;
-              const int64_t c1 = l * M + m;
-              srcx[l * Kx + k] = p.sW > 1 ? Z.data() + (nv * C + c1) * Wz + kw * p.dW
-                                          : gy1_allp + ((n * C + c1) * p.H_out + oy) * Wg + Lm + base + kw * p.dW;
-              for (int64_t ci = 0; ci < Min; ++ci)
-                wg[(l * Kx + k) * Min + ci] = g.w1[(((l * M + m) * Min + ci) * p.kH + kh) * p.kW + (p.kW - 1 - kw)];
-            }
-        ++nv;
-      }
-      for (int64_t p0 = 0; p0 < p.W; p0 += kSegX) {
-        const int64_t len = std::min(kSegX, p.W - p0);
-        for (int64_t c = 0; c < p.C_in; ++c)
-          dst[c] = direct ? reinterpret_cast<S*>(gxp + n * gxs.n + c * gxs.c + iy * gxs.h + p0) : tile.data() + c * kSegX;
-        RowsArgs<S> a;
-        a.MB = Min;
-        a.K = nv * M * p.kW;
-        a.P = len;
-        a.ldw = Min;
-        a.soff = p0;
-        for (int64_t l = 0; l < L; ++l) {
-          a.w = wg.data() + l * Kx * Min;
-          a.src = srcx.data() + l * Kx;
-          a.dst = dst.data() + l * Min;
-          kern.rows(a);
-        }
-        if (direct) continue;
-        auto store = [&](int64_t c, int64_t i) {
-          gxp[n * gxs.n + c * gxs.c + iy * gxs.h + (p0 + i) * gxs.w] = T(tile[c * kSegX + i]);
-        };
-        if (gxs.w == 1) {
-          for (int64_t c = 0; c < p.C_in; ++c)
-            for (int64_t i = 0; i < len; ++i) store(c, i);
-        } else {
-          for (int64_t i = 0; i < len; ++i)
-            for (int64_t c = 0; c < p.C_in; ++c) store(c, i);
-        }
-      }
-    }
-  });
   return {gx, gw1, gb1, gw2, gb2};
 }
 
