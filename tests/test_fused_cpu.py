@@ -155,6 +155,14 @@ def test_backward_row_bands(case, threads):
         torch.set_num_threads(before)
 
 
+def test_streamed_output(isa):
+    """Outputs of 16 MiB and more are written with non-temporal stores (aligned full vectors; the
+    rest, as W=250 gives, with plain stores): same values as the reference on every ISA path."""
+    case = IGCCase(N=1, L=24, M_in=4, M=4, H=180, W=250, residual=True)
+    assert case.c_out * case.out_hw[0] * case.out_hw[1] * 4 >= 16 << 20
+    _check_case(case, seed=11)
+
+
 def test_output_mask_and_batch_zero():
     """Unrequested gradients come back as 0-element tensors; N=0 gives empty outputs, zero weight grads."""
     case = IGCCase(N=2, L=3, M_in=2, M=2, H=5, W=6)

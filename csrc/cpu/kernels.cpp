@@ -68,6 +68,7 @@ struct GenericF {
     store(t, v);
     for (int64_t l = 0; l < rem; ++l) p[l] = t[l];
   }
+  static IGC_AI void store_stream(S* p, V v) { store(p, v); }
 };
 
 struct GenericD {
@@ -88,6 +89,7 @@ struct GenericD {
     store(t, v);
     for (int64_t l = 0; l < rem; ++l) p[l] = t[l];
   }
+  static IGC_AI void store_stream(S* p, V v) { store(p, v); }
 };
 
 // Portable path (baseline flags): SSE2 on x86-64, NEON etc. elsewhere.
@@ -113,6 +115,7 @@ struct Avx2 {
   }
   static IGC_AI V load_partial(const S* p, int64_t rem) { return _mm256_maskload_ps(p, mask(rem)); }
   static IGC_AI void store_partial(S* p, V v, int64_t rem) { _mm256_maskstore_ps(p, mask(rem), v); }
+  static IGC_AI void store_stream(S* p, V v) { _mm256_stream_ps(p, v); }  // p 32-byte aligned
 };
 
 #include "kernels_impl.inc"
@@ -132,6 +135,7 @@ struct Avx512 {
   // Lanes l < rem: masked, so lanes past the end are never touched (zero when loaded).
   static IGC_AI V load_partial(const S* p, int64_t rem) { return _mm512_maskz_loadu_ps(__mmask16((1u << rem) - 1), p); }
   static IGC_AI void store_partial(S* p, V v, int64_t rem) { _mm512_mask_storeu_ps(p, __mmask16((1u << rem) - 1), v); }
+  static IGC_AI void store_stream(S* p, V v) { _mm512_stream_ps(p, v); }  // p 64-byte aligned
 };
 #include "kernels_impl.inc"
 }  // namespace x512
@@ -146,8 +150,10 @@ void nt_generic_f(const NtArgs<float>& a) { gen::nt_impl<GenericF>(a); }
 void rows_generic_d(const RowsArgs<double>& a) { gen::rows_impl<GenericD>(a); }
 void nt_generic_d(const NtArgs<double>& a) { gen::nt_impl<GenericD>(a); }
 
-const Kernels<float> kGenericF = {"generic", GenericF::VL, rows_generic_f, nt_generic_f};
-const Kernels<double> kGenericD = {"generic", GenericD::VL, rows_generic_d, nt_generic_d};
+void no_fence() {}
+
+const Kernels<float> kGenericF = {"generic", GenericF::VL, rows_generic_f, nt_generic_f, no_fence};
+const Kernels<double> kGenericD = {"generic", GenericD::VL, rows_generic_d, nt_generic_d, no_fence};
 
 #if IGC_X86
 __attribute__((target("avx2,fma"))) void rows_avx2(const RowsArgs<float>& a) { x2::rows_impl<x2::Avx2>(a); }
@@ -159,8 +165,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void nt_a
   x512::nt_impl<x512::Avx512>(a);
 }
 
-const Kernels<float> kAvx2 = {"avx2", x2::Avx2::VL, rows_avx2, nt_avx2};
-const Kernels<float> kAvx512 = {"avx512", x512::Avx512::VL, rows_avx512, nt_avx512};
+void sfence() { _mm_sfence(); }
+
+const Kernels<float> kAvx2 = {"avx2", x2::Avx2::VL, rows_avx2, nt_avx2, sfence};
+const Kernels<float> kAvx512 = {"avx512", x512::Avx512::VL, rows_avx512, nt_avx512, sfence};
 
 bool has_avx2() {
   __builtin_cpu_init();

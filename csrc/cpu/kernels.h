@@ -28,6 +28,10 @@ struct RowsArgs {
   S* const* dst = nullptr;           // MB rows, written on [0, P)
   const S* const* res = nullptr;     // MB rows added before the activation, read on [0, P); or null
   bool relu = false;
+  // Non-temporal stores for whole vectors at aligned addresses: for outputs too big to stay in
+  // cache, they skip the read-for-ownership of each destination line. Callers must run the
+  // kernels' store_fence() before other threads read dst.
+  bool stream = false;
 };
 
 template <typename S>
@@ -47,6 +51,7 @@ struct Kernels {
   int64_t lanes;  // lanes per accumulator entry of nt()
   void (*rows)(const RowsArgs<S>&);
   void (*nt)(const NtArgs<S>&);
+  void (*store_fence)();  // orders this thread's non-temporal stores (see RowsArgs::stream)
 };
 
 // The float kernels for the instruction set chosen at first use: the best the CPU supports, or

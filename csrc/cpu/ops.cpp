@@ -50,6 +50,10 @@ constexpr int64_t kSegF = 64;    // pixels per forward segment (y1 tile: C_mid x
 constexpr int64_t kSegB = 128;   // pixels per backward segment (fewer accumulator round trips)
 constexpr int64_t kSegX = 64;    // pixels per grad_x segment
 constexpr int64_t kFlushPixels = 4096;  // fold float lane accumulators into double this often
+// Outputs at least this big are written with non-temporal stores: they cannot stay in the caches
+// (32 MiB of L3 on the reference machine) until the next layer reads them, and streaming them
+// saves reading every destination line before it is overwritten.
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -259,6 +263,7 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
   // Direct stores from the kernel when the output (and residual) rows are contiguous in S.
   const bool direct = std::is_same<T, S>::value && os.w == 1 && (!rp || rs.w == 1);
   const bool relu = p.activation == kActRelu;
+  const bool stream = direct && out.nbytes() >= kStreamBytes;
   const int64_t rows = p.N * p.H_out;
 
   at::parallel_for(0, rows, grain_for(p.W_out * C * (K1 + L)), [&](int64_t begin, int64_t end) {
@@ -294,6 +299,7 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
         b.ldw = L;
         b.soff = 0;
         b.relu = direct && relu;
+        b.stream = stream;
         for (int64_t m = 0; m < M; ++m) {
           b.w = g.w2T.data() + m * L * L;
           b.bias = g.b2.empty() ? nullptr : g.b2.data() + m * L;
@@ -319,6 +325,7 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
         }
       }
     }
+    if (stream) kern.store_fence();
   });
   return out;
 }
