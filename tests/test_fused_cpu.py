@@ -155,6 +155,20 @@ def test_backward_row_bands(case, threads):
         torch.set_num_threads(before)
 
 
+# One primary group (L = 1) is a dense conv followed by a per-channel scale; the forward folds the
+# scale into the primary weights and runs one GEMM (VDSR's head and tail use this).
+DENSE_CASES = [
+    IGCCase(N=2, L=1, M_in=1, M=24, H=9, W=37),
+    IGCCase(N=1, L=1, M_in=24, M=1, H=7, W=70, activation=0, residual=True),
+    IGCCase(N=3, L=1, M_in=3, M=5, H=8, W=11, k=(5, 3), padding=(2, 0), stride=(2, 1), channels_last=True),
+]
+
+
+@pytest.mark.parametrize("case", DENSE_CASES, ids=[f"dense{i}" for i in range(len(DENSE_CASES))])
+def test_single_primary_group(case, isa):
+    _check_case(case, seed=5)
+
+
 def test_streamed_output(isa):
     """Outputs of 16 MiB and more are written with non-temporal stores (aligned full vectors; the
     rest, as W=250 gives, with plain stores): same values as the reference on every ISA path."""

@@ -85,6 +85,7 @@ struct Layer {
   int64_t Wp = 0;  // packed row length
   int64_t slot = 0;  // one packed input row, all channels and phases: C_in * sW * Wp
   std::vector<S> w1, w1T, w2, w2T, b1, b2;  // w1T[l][k][m], w2T[m][l][j] (rows-GEMM layouts)
+  std::vector<S> w1f, bf;                   // L == 1: w1T and bias with the secondary folded in
   std::vector<int64_t> c2_of_oc;            // secondary channel feeding output channel oc
   std::vector<int64_t> tap_off, tap_kh;     // tap (c, kh, kw) -> offset in its packed row, kh
 
@@ -115,6 +116,14 @@ struct Layer {
     c2_of_oc.resize(p.C_out);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t j = 0; j < L; ++j) c2_of_oc[p.out_channel(m, j)] = m * L + j;
+    if (L == 1) {  // a dense conv: fold the per-channel secondary into the primary (forward)
+      w1f.resize(K1 * M);
+      bf.resize(M);
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t k = 0; k < K1; ++k) w1f[k * M + m] = w1T[k * M + m] * w2[m];
+        bf[m] = (b1.empty() ? S(0) : b1[m] * w2[m]) + (b2.empty() ? S(0) : b2[m]);
+      }
+    }
     tap_off.resize(p.C_in * p.kH * p.kW);
     tap_kh.resize(tap_off.size());
     for (int64_t c = 0; c < p.C_in; ++c)
@@ -282,7 +291,7 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
       cache.template prepare<T>(xp, xs, n, oy);
       for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
         const int64_t len = std::min(kSegF, p.W_out - p0);
-        primary_segment(g, kern, src.data(), y1dst.data(), p0, len);
+        if (L > 1) primary_segment(g, kern, src.data(), y1dst.data(), p0, len);
         for (int64_t oc = 0; oc < C; ++oc) {
           const int64_t c2 = g.c2_of_oc[oc];
           if (direct) {
@@ -300,7 +309,19 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
         b.soff = 0;
         b.relu = direct && relu;
         b.stream = stream;
-        for (int64_t m = 0; m < M; ++m) {
+        if (L == 1) {  // one GEMM straight from the packed input: K1 taps -> M output rows
+          b.MB = M;
+          b.K = K1;
+          b.ldw = M;
+          b.soff = p0;
+          b.w = g.w1f.data();
+          b.bias = g.bf.data();
+          b.src = src.data();
+          b.dst = dst.data();
+          b.res = direct && rp ? res.data() : nullptr;
+          kern.rows(b);
+        }
+        for (int64_t m = 0; m < M && L > 1; ++m) {
           b.w = g.w2T.data() + m * L * L;
           b.bias = g.b2.empty() ? nullptr : g.b2.data() + m * L;
           b.src = y1src.data() + m * L;
