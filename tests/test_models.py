@@ -138,3 +138,13 @@ def test_same_network_on_every_cpu_backend(backend):
     x = torch.rand(2, 1, 19, 23)
     with torch.no_grad():
         torch.testing.assert_close(other(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+def test_head_and_tail_runner():
+    """IGC-VDSR runs head and tail on the fused kernel; VDSR and the stock-ops build stay stock."""
+    assert build_model("igc_vdsr_s1").tail.backend == "auto"
+    assert build_model("igc_vdsr_s1").head[0].backend == "auto"
+    assert build_model("igc_vdsr_s1", backend="reference").tail.backend == "stock"
+    assert build_model("vdsr").tail.backend == "stock"
+    keys = set(build_model("igc_vdsr_s1").state_dict())
+    assert {"head.0.weight", "head.0.bias", "tail.weight", "tail.bias"} <= keys

@@ -104,3 +104,47 @@ def test_replace_conv2d_swaps_eligible_layers():
     assert type(model[0]) is nn.Conv2d and type(model[3]) is nn.Conv2d
     assert model(torch.randn(1, 1, 8, 8)).shape == (1, 32, 8, 8)
     assert replace_conv2d(nn.Sequential(nn.Conv2d(16, 16, 3)), predicate=lambda name, conv: False) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# FusedConv2d: nn.Conv2d on the fused kernel (VDSR's head and tail).
+
+from igc_kernels.nn import FusedConv2d  # noqa: E402
+
+
+@pytest.mark.parametrize("cin,cout,kw", [(1, 24, {}), (24, 1, {}), (5, 7, {"stride": 2, "dilation": (1, 2)})])
+@pytest.mark.parametrize("activation", ["none", "relu"])
+def test_fused_conv2d_matches_conv2d(cin, cout, kw, activation):
+    torch.manual_seed(cin * 100 + cout)
+    ref = torch.nn.Conv2d(cin, cout, 3, padding=1, **kw).double()
+    fused = FusedConv2d(cin, cout, 3, padding=1, activation=activation, backend="cpu", **kw).double()
+    fused.load_state_dict(ref.state_dict())  # same parameters and keys as nn.Conv2d
+    x = torch.randn(2, cin, 13, 17, dtype=torch.float64, requires_grad=True)
+    out_hw = ref(x).shape[-2:]
+    res = torch.randn(2, cout, *out_hw, dtype=torch.float64, requires_grad=True)
+    want = ref(x) + res
+    want = torch.relu(want) if activation == "relu" else want
+    got = fused(x, residual=res)
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(want)
+    grads_want = torch.autograd.grad(want, (x, res, ref.weight, ref.bias), g)
+    grads_got = torch.autograd.grad(got, (x, res, fused.weight, fused.bias), g)
+    for a, b in zip(grads_got, grads_want):
+        torch.testing.assert_close(a, b)
+
+
+def test_fused_conv2d_stock_backend_and_errors():
+    conv = FusedConv2d(3, 4, 3, padding=1, activation="relu", backend="stock")
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(conv(x), torch.relu(torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)))
+    assert "activation='relu'" in repr(conv) and "backend='stock'" in repr(conv)
+    with pytest.raises(ValueError, match="groups must be 1"):
+        FusedConv2d(4, 4, 3, groups=2)
+    with pytest.raises(ValueError, match="padding_mode must be 'zeros'"):
+        FusedConv2d(4, 4, 3, padding=1, padding_mode="reflect")
+    with pytest.raises(ValueError, match="padding must be numbers"):
+        FusedConv2d(4, 4, 3, padding="same")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        FusedConv2d(4, 4, 3, backend="gpu")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        FusedConv2d(4, 4, 3, activation="gelu")

@@ -2,6 +2,7 @@
 
 Layout (DESIGN.md section 5): head conv 1->C (3x3) + ReLU, ``depth - 2`` middle layers C->C
 (3x3) + ReLU, tail conv C->1 (3x3), zero padding throughout, output = input + residual.
+``head_tail_backend`` picks who runs head and tail (``FusedConv2d``: the fused kernel or stock).
 VDSR's middle layers are dense ``nn.Conv2d``; IGC-VDSR swaps some or all of them for
 ``IGCConv2d`` with a fused ReLU. Nothing else differs, so the two are one class.
 """
@@ -14,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..nn import IGCConv2d
+from ..nn import FusedConv2d, IGCConv2d
 
 # factory(index, channels) -> a module C->C (3x3, padding 1) that already applies its ReLU.
 LayerFactory = Callable[[int, int], nn.Module]
@@ -75,7 +76,10 @@ class VDSR(nn.Module):
         sr = net(torch.rand(1, 1, 64, 64))
     """
 
-    def __init__(self, channels: int = 64, depth: int = 20, layer_factory: LayerFactory = dense_layer) -> None:
+    def __init__(
+        self, channels: int = 64, depth: int = 20, layer_factory: LayerFactory = dense_layer,
+        head_tail_backend: str = "stock",
+    ) -> None:
         super().__init__()
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 2:
             raise ValueError(f"depth must be an int >= 2 (head and tail), got {depth!r}")
@@ -83,9 +87,14 @@ class VDSR(nn.Module):
             raise ValueError(f"channels must be a positive int, got {channels!r}")
         self.channels = channels
         self.depth = depth
-        self.head = ConvReLU(1, channels)
+        # Head and tail are dense convs with one input or output channel, where PyTorch's CPU conv
+        # is slow; FusedConv2d runs them on the fused kernel (ReLU and the global residual fused)
+        # unless head_tail_backend is "stock". Same parameters and state_dict keys either way.
+        head = FusedConv2d(1, channels, 3, padding=1, activation="relu", backend=head_tail_backend)
+        init_conv(head, gain=math.sqrt(2.0))
+        self.head = nn.Sequential(head)
         self.body = nn.Sequential(*(layer_factory(i, channels) for i in range(depth - 2)))
-        self.tail = nn.Conv2d(channels, 1, 3, padding=1)
+        self.tail = FusedConv2d(channels, 1, 3, padding=1, backend=head_tail_backend)
         # No ReLU after the tail: linear gain, so the initial residual keeps the input's scale.
         init_conv(self.tail, gain=1.0)
 
@@ -97,4 +106,4 @@ class VDSR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 1:
             raise ValueError(f"input must be (N, 1, H, W) (the Y channel), got shape {tuple(x.shape)}")
-        return x + self.tail(self.body(self.head(x)))
+        return self.tail(self.body(self.head(x)), residual=x)
