@@ -41,7 +41,7 @@ def make_network_provider(name: str, mode: str, n: int, h: int, w: int, device="
     arch, backend, compiled = NETWORKS[name]
     torch.manual_seed(seed)
     model = build_model(arch, backend=backend).to(device=device, dtype=dtype)
-    net = torch.compile(model) if compiled else model
+    net = torch.compile(model, dynamic=False) if compiled else model  # static shapes per provider
     x = torch.rand(n, 1, h, w, device=device, dtype=dtype)
     if mode == "inference":
         model.eval()

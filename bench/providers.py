@@ -84,7 +84,7 @@ def make_provider(name: str, shape: LayerShape, dtype=torch.float32, device="cpu
             return _stock_block(inp, w1, w2, b2, s.L)
 
         if name == "stock-compile":
-            fn = torch.compile(fn)
+            fn = torch.compile(fn, dynamic=False)  # one static graph per shape: the fastest peer, and no dynamic-shape recompiles
     elif name == "dense":
         wd = (torch.randn(s.C, s.C, s.k, s.k, generator=gen) / (s.C * s.k * s.k) ** 0.5).to(device=device, dtype=dtype)
         params = [wd, b2]

@@ -4,7 +4,10 @@
     python bench/report.py bench/results/raw.json [--readme README.md]
 
 Writes bench/results/<device>-<date>.md and .png. Each row names the device, the versions and the
-dtype; speedups are ratios of medians measured in the same run.
+dtype; speedups are ratios of medians measured in the same run. "% of peak" is the achieved
+GFLOP/s (useful FLOPs of the layer or network: the fused path's recompute is not counted) over the
+FLOP floor's rate, --peak-gflops (default: the 2-core Zen 4 CI machine's 190 GFLOP/s fp32, see
+DESIGN.md section 3); the plot shows it beside the speedups.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
+DEFAULT_PEAK_GFLOPS = 190.0  # 2 Zen 4 cores x 16 fp32 FMA/cycle x 2 FLOP x ~3 GHz
 
 
 def load_rows(paths: list[Path]) -> tuple[list[dict], dict]:
@@ -55,8 +59,10 @@ def _baseline(providers: list[str]) -> str | None:
     return None
 
 
-def tables(rows: list[dict]) -> list[tuple[str, list[list[str]], dict[str, float]]]:
-    """Per (group, shape, mode): Markdown rows and each provider's speedup of the fused path over it."""
+def tables(rows: list[dict], peak_gflops: float = DEFAULT_PEAK_GFLOPS
+           ) -> list[tuple[str, list[list[str]], dict[str, float], dict[str, float]]]:
+    """Per (group, shape, mode): Markdown rows, each provider's speedup of the fused path over it
+    and each provider's achieved fraction of the FLOP peak."""
     grouped = defaultdict(list)
     for r in rows:
         grouped[(r["group"], r["shape"], r["mode"])].append(r)
@@ -66,47 +72,59 @@ def tables(rows: list[dict]) -> list[tuple[str, list[list[str]], dict[str, float
         base = _baseline([r["provider"] for r in rs])
         base_t = next((r["median"] for r in rs if r["provider"] == base), None)
         title = f"{group}: {shape}, {mode}, {rs[0]['device']} {rs[0]['dtype']}, torch {rs[0]['torch']}, {rs[0]['threads']} threads"
-        lines, speedups = [], {}
+        lines, speedups, fractions = [], {}, {}
         for r in rs:
             gflops = r["gflop"] / r["median"] if r["gflop"] else float("nan")
             ratio = r["median"] / base_t if base_t else None
             if ratio is not None:
                 speedups[r["provider"]] = ratio
+            if r["gflop"]:
+                fractions[r["provider"]] = gflops / peak_gflops
             lines.append([r["provider"], f"{r['median'] * 1e3:.2f}", f"{gflops:.1f}",
+                          f"{100 * gflops / peak_gflops:.0f}%" if r["gflop"] else "-",
                           f"{ratio:.2f}x" if ratio is not None else "-", str(r["rounds"])])
-        out.append((title, lines, speedups))
+        out.append((title, lines, speedups, fractions))
     return out
 
 
-def markdown(rows: list[dict], machine: dict) -> str:
+def markdown(rows: list[dict], machine: dict, peak_gflops: float = DEFAULT_PEAK_GFLOPS) -> str:
     cpu = (machine.get("cpu") or {}).get("brand_raw", platform.processor() or platform.machine())
     parts = [f"Machine: {cpu}, Python {machine.get('python_version', platform.python_version())}. "
-             "Time = median; 'fused is Nx faster' = this row's median / the fused row's median (same run)."]
-    for title, lines, _ in tables(rows):
+             "Time = median; 'fused is Nx faster' = this row's median / the fused row's median (same run); "
+             f"% of peak = GFLOP/s / {peak_gflops:g} GFLOP/s (the FLOP floor's rate; dense rows count the "
+             "dense conv's own FLOPs)."]
+    for title, lines, _, _ in tables(rows, peak_gflops):
         parts.append(f"\n**{title}**\n")
-        parts.append("| provider | median ms | GFLOP/s | fused is Nx faster | rounds |")
-        parts.append("|---|---:|---:|---:|---:|")
+        parts.append("| provider | median ms | GFLOP/s | % of peak | fused is Nx faster | rounds |")
+        parts.append("|---|---:|---:|---:|---:|---:|")
         parts += ["| " + " | ".join(line) + " |" for line in lines]
     return "\n".join(parts) + "\n"
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, peak_gflops: float = DEFAULT_PEAK_GFLOPS) -> None:
+    """Per group: speedup bars (left) and achieved fraction of the FLOP peak (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [g for g in tables(rows) if g[2]]
+    groups = [g for g in tables(rows, peak_gflops) if g[2]]
     if not groups:
         return
-    fig, axes = plt.subplots(len(groups), 1, figsize=(8, 2.2 * len(groups)), squeeze=False)
-    for ax, (title, _, speedups) in zip(axes[:, 0], groups):
+    fig, axes = plt.subplots(len(groups), 2, figsize=(12, 2.2 * len(groups)), squeeze=False)
+    for (ax, ax2), (title, _, speedups, fractions) in zip(axes, groups):
         names = list(speedups)
-        ax.barh(names, [speedups[n] for n in names], color=["tab:green" if "fused" in n else "tab:gray" for n in names])
+        colors = ["tab:green" if "fused" in n else "tab:gray" for n in names]
+        ax.barh(names, [speedups[n] for n in names], color=colors)
         ax.axvline(1.0, color="k", lw=0.8)
         ax.set_title(title, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("time relative to the fused path (higher = fused is faster)", fontsize=7)
+        ax2.barh(names, [100 * fractions.get(n, 0.0) for n in names], color=colors)
+        ax2.set_xlim(0, max(100.0, 105 * max(fractions.values(), default=0.0)))
+        ax2.set_title(f"achieved % of the {peak_gflops:g} GFLOP/s FLOP peak", fontsize=8)
+        ax2.tick_params(labelsize=7)
+        ax2.set_xlabel("% of peak (useful FLOPs; dense rows: the dense conv's own)", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -126,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--device", default=None, help="device name for the file name (default: from the results)")
     ap.add_argument("--readme", type=Path, default=None, help="README to update between the bench markers")
+    ap.add_argument("--peak-gflops", type=float, default=DEFAULT_PEAK_GFLOPS,
+                    help=f"FLOP floor's rate for '%% of peak' (default {DEFAULT_PEAK_GFLOPS:g}, the 2-core CI CPU)")
     args = ap.parse_args(argv)
     for p in args.json:
         if not p.is_file():
@@ -139,9 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or rows[0]["device"]
     stem = f"{device}-{dt.date.today().isoformat()}"
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    body = markdown(rows, machine)
+    if args.peak_gflops <= 0:
+        print(f"error: --peak-gflops must be positive, got {args.peak_gflops}", file=sys.stderr)
+        return 2
+    body = markdown(rows, machine, args.peak_gflops)
     (args.out_dir / f"{stem}.md").write_text(body)
-    plot(rows, args.out_dir / f"{stem}.png")
+    plot(rows, args.out_dir / f"{stem}.png", args.peak_gflops)
     print(body)
     print(f"wrote {args.out_dir / (stem + '.md')} and {args.out_dir / (stem + '.png')}")
     if args.readme:

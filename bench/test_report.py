@@ -21,8 +21,8 @@ def test_report_tables_plot_and_readme(tmp_path):
     readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\nrest\n")
     assert report.main([str(raw), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)]) == 0
     md = next((tmp_path / "out").glob("cpu-*.md")).read_text()
-    assert "| fused-cpu | 8.00 | 94.4 | 1.00x | 10 |" in md
-    assert "| stock-nchw | 120.00 | 6.3 | 15.00x | 10 |" in md
+    assert "| fused-cpu | 8.00 | 94.4 | 50% | 1.00x | 10 |" in md  # 94.4 of the default 190 GFLOP/s
+    assert "| stock-nchw | 120.00 | 6.3 | 3% | 15.00x | 10 |" in md
     assert next((tmp_path / "out").glob("cpu-*.png")).stat().st_size > 1000
     text = readme.read_text()
     assert "old" not in text and "| dense | 56.00 |" in text and text.startswith("intro") and text.endswith("rest\n")
@@ -31,3 +31,12 @@ def test_report_tables_plot_and_readme(tmp_path):
 def test_report_rejects_missing_file(tmp_path, capsys):
     assert report.main([str(tmp_path / "nope.json")]) == 2
     assert "no such results file" in capsys.readouterr().err
+
+
+def test_report_peak_option(tmp_path, capsys):
+    raw = tmp_path / "raw.json"
+    raw.write_text(json.dumps({"benchmarks": [_bench("fused-cpu", 0.008)]}))
+    assert report.main([str(raw), "--out-dir", str(tmp_path / "out"), "--peak-gflops", "94.375"]) == 0
+    assert "| fused-cpu | 8.00 | 94.4 | 100% | 1.00x | 10 |" in next((tmp_path / "out").glob("cpu-*.md")).read_text()
+    assert report.main([str(raw), "--out-dir", str(tmp_path / "out"), "--peak-gflops", "0"]) == 2
+    assert "--peak-gflops must be positive" in capsys.readouterr().err
