@@ -5,9 +5,9 @@
 """
 
 from . import ops
-from .nn import IGCConv2d, replace_conv2d
+from .nn import FusedConv2d, IGCConv2d, replace_conv2d
 from .ops import available_backends, igc_conv
 
 __version__ = "0.1.0"
 
-__all__ = ["IGCConv2d", "available_backends", "igc_conv", "ops", "replace_conv2d", "__version__"]
+__all__ = ["FusedConv2d", "IGCConv2d", "available_backends", "igc_conv", "ops", "replace_conv2d", "__version__"]
