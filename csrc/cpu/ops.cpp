@@ -11,10 +11,14 @@
 // segment (C_mid x 64 values) stays in L1/L2, so the forward allocates nothing of activation
 // size besides its output.
 //
+// One primary group (L = 1, a dense conv) folds the per-channel secondary into the primary and
+// runs as one GEMM. Outputs of 16 MiB and more are written with non-temporal stores.
+//
 // The backward recomputes y1 segment by segment, forms grad_y1 through the transposed secondary,
-// reduces the weight gradients with the NT kernel (per-chunk accumulators, folded into double),
-// stores grad_y1 (the one activation-size temporary) and gets grad_x in a second pass over input
-// rows as a correlation of zero-upsampled grad_y1 rows with the flipped primary weights.
+// reduces the weight gradients with the NT kernel (per-chunk accumulators, folded into double)
+// and keeps the few grad_y1 rows grad_x needs in a ring, from which each input row of grad_x is
+// formed as a correlation of zero-upsampled grad_y1 rows with the flipped primary weights
+// (see "Backward" below): it allocates nothing of activation size besides its outputs.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
