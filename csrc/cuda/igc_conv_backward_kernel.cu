@@ -33,6 +33,7 @@
 #include <type_traits>
 
 #include "igc_conv_device.cuh"
+#include "paper_tile.cuh"
 
 namespace igc {
 namespace cuda {
@@ -211,46 +212,18 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // Fast path of the paper's layer (k=3, stride 1, dilation 1, L=24, M=M_in=4): the two parts of the
 // backward that gather input pixels (the y1 recompute and grad_w1) run on 8x32 output tiles whose
-// input tile + halo is staged in shared memory, as in the fast forward.
+// input tile + halo is staged in shared memory with the fast forward's code (paper_tile.cuh).
 namespace fast_bwd {
-constexpr int kL = 24, kM = 4, kMi = 4, kC = kL * kM;
-constexpr int kTH = 8, kTW = 32, kTileThreads = kTH * kTW;  // one output pixel per thread
-constexpr int kIH = kTH + 2, kIW = kTW + 2;
-constexpr int kGroupsPerChunk = 8, kChunkC = kGroupsPerChunk * kMi, kChunks = kL / kGroupsPerChunk;
-constexpr int kXS = kChunkC + 1;  // odd per-pixel stride of the staged input: no bank conflicts
-constexpr int kXBytes = kIH * kIW * kXS * 4;
-constexpr int kW1Bytes = kL * kMi * 9 * 16;  // w1 as float4 over the 4 members m
+// paper_tile.cuh's names, unqualified in this namespace only. Its thread count is named
+// kTileThreads, so the mid kernel's kThreads (a separate choice) is neither hidden nor hiding.
+using namespace paper;
+
 constexpr int kY1Smem = kW1Bytes + kC * 4 + kXBytes;
 constexpr int kGS = kTileThreads + 1;        // row stride of the staged gy1 tile
 constexpr int kW1GradSmem = kXBytes + kChunkC * kGS * 4;
 constexpr int kWeightsPerChunk = kChunkC * kMi * 9;  // grad_w1 entries of one chunk of 8 groups
 constexpr int kPerThread = (kWeightsPerChunk + kTileThreads - 1) / kTileThreads;
 static_assert((kW1Bytes + kC * 4) % 16 == 0, "staged input must stay 16-byte aligned");
-
-// Input channels [chunk*32, chunk*32 + 32) of the tile and its halo, as fp32 (0 = zero padding).
-template <typename scalar_t>
-__device__ void load_x_chunk(const KernelShape& s, const scalar_t* __restrict__ x, const Strides4& xst,
-                             float* xs, int n, int oh0, int ow0, int chunk) {
-  const bool x_cl = xst.c == 1 && s.C_in > 1;  // channels_last: load channel-fastest to coalesce
-  for (int i = threadIdx.x; i < kIH * kIW * kChunkC; i += kTileThreads) {
-    int c, r, col;
-    if (x_cl) {
-      c = i % kChunkC;
-      const int rc = i / kChunkC;
-      col = rc % kIW;
-      r = rc / kIW;
-    } else {
-      col = i % kIW;
-      const int rc = i / kIW;
-      r = rc % kIH;
-      c = rc / kIH;
-    }
-    const int ih = oh0 - s.pH + r, iw = ow0 - s.pW + col;
-    float v = 0.f;
-    if (ih >= 0 && ih < s.H && iw >= 0 && iw < s.W) v = to_f(x[offset4(xst, n, chunk * kChunkC + c, ih, iw)]);
-    xs[(r * kIW + col) * kXS + c] = v;
-  }
-}
 
 // y1 (bias included) of every channel and output pixel into y1ws[c1][pixel]. Grid as the fast forward.
 template <typename scalar_t>
@@ -263,11 +236,7 @@ __global__ void __launch_bounds__(kTileThreads)
   float* xs = reinterpret_cast<float*>(smem + kW1Bytes + kC * 4);
   const int tid = threadIdx.x;
   const int n = blockIdx.z, oh0 = blockIdx.y * kTH, ow0 = blockIdx.x * kTW;
-  float* w1f = reinterpret_cast<float*>(w1s);
-  for (int i = tid; i < kC * kMi * 9; i += kTileThreads) {  // as in the fast forward
-    const int c1 = i / (kMi * 9), r = i - c1 * (kMi * 9);
-    w1f[((c1 / kM) * (kMi * 9) + r) * 4 + (c1 % kM)] = w1[i];
-  }
+  stage_w1(w1s, w1);
   for (int i = tid; i < kC; i += kTileThreads) b1s[i] = b1 != nullptr ? b1[i] : 0.f;
   const int ty = tid / kTW, tx = tid - ty * kTW;
   const int oh = oh0 + ty, ow = ow0 + tx;
@@ -281,27 +250,12 @@ __global__ void __launch_bounds__(kTileThreads)
 #pragma unroll 1
     for (int g = 0; g < kGroupsPerChunk; ++g) {
       const int l = chunk * kGroupsPerChunk + g;
-      float a0 = b1s[l * kM + 0], a1 = b1s[l * kM + 1], a2 = b1s[l * kM + 2], a3 = b1s[l * kM + 3];
-#pragma unroll
-      for (int ci = 0; ci < kMi; ++ci) {
-#pragma unroll
-        for (int kh = 0; kh < 3; ++kh) {
-#pragma unroll
-          for (int kw = 0; kw < 3; ++kw) {
-            const float xv = xs[((ty + kh) * kIW + tx + kw) * kXS + g * kMi + ci];
-            const float4 w = w1s[(l * kMi + ci) * 9 + kh * 3 + kw];
-            a0 = fmaf(w.x, xv, a0);
-            a1 = fmaf(w.y, xv, a1);
-            a2 = fmaf(w.z, xv, a2);
-            a3 = fmaf(w.w, xv, a3);
-          }
-        }
-      }
+      const float4 a = primary_group4(xs, w1s, b1s, ty, tx, chunk, g);
       if (valid) {
-        y1ws[static_cast<int64_t>(l * kM + 0) * s.total_pix + pix] = a0;
-        y1ws[static_cast<int64_t>(l * kM + 1) * s.total_pix + pix] = a1;
-        y1ws[static_cast<int64_t>(l * kM + 2) * s.total_pix + pix] = a2;
-        y1ws[static_cast<int64_t>(l * kM + 3) * s.total_pix + pix] = a3;
+        y1ws[static_cast<int64_t>(l * kM + 0) * s.total_pix + pix] = a.x;
+        y1ws[static_cast<int64_t>(l * kM + 1) * s.total_pix + pix] = a.y;
+        y1ws[static_cast<int64_t>(l * kM + 2) * s.total_pix + pix] = a.z;
+        y1ws[static_cast<int64_t>(l * kM + 3) * s.total_pix + pix] = a.w;
       }
     }
   }
@@ -375,11 +329,7 @@ int64_t mid_smem_bytes(int C_out, int P) { return (3 * static_cast<int64_t>(C_ou
 
 }  // namespace
 
-bool fast_backward_applies(const KernelShape& s) {
-  return s.kH == 3 && s.kW == 3 && s.sH == 1 && s.sW == 1 && s.dH == 1 && s.dW == 1 && s.L == fast_bwd::kL &&
-         s.M == fast_bwd::kM && s.M_in == fast_bwd::kMi && s.N <= 65535 &&
-         (s.H_out + fast_bwd::kTH - 1) / fast_bwd::kTH <= 65535;
-}
+bool fast_backward_applies(const KernelShape& s) { return paper::tile_applies(s); }
 
 int fast_backward_smem_bytes() { return std::max(fast_bwd::kY1Smem, fast_bwd::kW1GradSmem); }
 
@@ -403,9 +353,8 @@ cudaError_t launch_backward(const BackwardArgs& a, cudaStream_t stream) {
       auto kernel = fast_bwd::igc_bwd_fast_y1_kernel<scalar_t>;
       err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, fast_bwd::kY1Smem);
       if (err != cudaSuccess) return err;
-      const dim3 grid((s.W_out + fast_bwd::kTW - 1) / fast_bwd::kTW, (s.H_out + fast_bwd::kTH - 1) / fast_bwd::kTH,
-                      s.N);
-      kernel<<<grid, fast_bwd::kTileThreads, fast_bwd::kY1Smem, stream>>>(s, x, a.xst, a.w1, a.b1, a.y1ws);
+      const dim3 grid((s.W_out + paper::kTW - 1) / paper::kTW, (s.H_out + paper::kTH - 1) / paper::kTH, s.N);
+      kernel<<<grid, paper::kTileThreads, fast_bwd::kY1Smem, stream>>>(s, x, a.xst, a.w1, a.b1, a.y1ws);
       err = cudaGetLastError();
       if (err != cudaSuccess) return err;
     }
@@ -419,7 +368,7 @@ cudaError_t launch_backward(const BackwardArgs& a, cudaStream_t stream) {
       auto kernel = fast_bwd::igc_bwd_fast_w1_kernel<scalar_t>;
       err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, fast_bwd::kW1GradSmem);
       if (err != cudaSuccess) return err;
-      kernel<<<a.rows, fast_bwd::kTileThreads, fast_bwd::kW1GradSmem, stream>>>(s, seg, x, a.xst, a.ws, a.partial);
+      kernel<<<a.rows, paper::kTileThreads, fast_bwd::kW1GradSmem, stream>>>(s, seg, x, a.xst, a.ws, a.partial);
       err = cudaGetLastError();
       if (err != cudaSuccess) return err;
     }

@@ -29,23 +29,21 @@
 #include <type_traits>
 
 #include "igc_conv_device.cuh"
+#include "paper_tile.cuh"
 
 namespace igc {
 namespace cuda {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// Fast path: the paper's layer.
+// Fast path: the paper's layer. Tile geometry, w1 and input staging and the primary inner loop
+// are in paper_tile.cuh, shared with the backward's recompute of y1.
 namespace fast {
-constexpr int kL = 24, kM = 4, kMi = 4, kC = kL * kM;  // primary groups, members, inputs per group
-constexpr int kTH = 8, kTW = 32, kThreads = kTH * kTW;   // output tile, one pixel per thread
-constexpr int kIH = kTH + 2, kIW = kTW + 2;              // input tile with the 3x3 halo
-constexpr int kGroupsPerChunk = 8, kChunkC = kGroupsPerChunk * kMi;  // input channels staged at once
-constexpr int kXS = kChunkC + 1;  // per-pixel stride of the staged input: odd, so no bank conflicts
+using namespace paper;
 
 // Shared memory: w1 as float4 over the 4 members m (one broadcast load feeds 4 FMAs), w2, biases,
 // then one region used first for the input tile and then for the output stage.
-constexpr int kOffW2 = kL * kMi * 9 * 16;
+constexpr int kOffW2 = kW1Bytes;
 constexpr int kOffB1 = kOffW2 + kC * kL * 4;
 constexpr int kOffB2 = kOffB1 + kC * 4;
 constexpr int kOffRegion = kOffB2 + kC * 4;
@@ -58,13 +56,12 @@ constexpr int stage_stride() {  // odd number of 32-bit words per staged pixel: 
 
 template <typename scalar_t>
 constexpr int smem_bytes() {
-  constexpr int x_bytes = kIH * kIW * kXS * 4;
-  constexpr int stage_bytes = kThreads * stage_stride<scalar_t>() * static_cast<int>(sizeof(scalar_t));
-  return kOffRegion + (x_bytes > stage_bytes ? x_bytes : stage_bytes);
+  constexpr int stage_bytes = kTileThreads * stage_stride<scalar_t>() * static_cast<int>(sizeof(scalar_t));
+  return kOffRegion + (kXBytes > stage_bytes ? kXBytes : stage_bytes);
 }
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads, 2)
+__global__ void __launch_bounds__(kTileThreads, 2)
     igc_fwd_fast_kernel(KernelShape s, const scalar_t* __restrict__ x, Strides4 xst, const float* __restrict__ w1,
                         const float* __restrict__ b1, const float* __restrict__ w2, const float* __restrict__ b2,
                         const scalar_t* __restrict__ res, Strides4 rst, scalar_t* __restrict__ out, Strides4 ost) {
@@ -79,67 +76,29 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int tid = threadIdx.x;
   const int n = blockIdx.z, oh0 = blockIdx.y * kTH, ow0 = blockIdx.x * kTW;
 
-  // w1[c1, ci, kh, kw] (c1 = l*4 + m) -> w1s[(l*4 + ci)*9 + kh*3 + kw].{m}
-  float* w1f = reinterpret_cast<float*>(w1s);
-  for (int i = tid; i < kC * kMi * 9; i += kThreads) {
-    const int c1 = i / (kMi * 9), r = i - c1 * (kMi * 9);
-    w1f[((c1 / kM) * (kMi * 9) + r) * 4 + (c1 % kM)] = w1[i];
-  }
-  for (int i = tid; i < kC * kL; i += kThreads) w2s[i] = w2[i];  // [m][j][l], as w2 is stored
-  for (int i = tid; i < kC; i += kThreads) {
+  stage_w1(w1s, w1);
+  for (int i = tid; i < kC * kL; i += kTileThreads) w2s[i] = w2[i];  // [m][j][l], as w2 is stored
+  for (int i = tid; i < kC; i += kTileThreads) {
     b1s[i] = b1 != nullptr ? b1[i] : 0.f;
     b2s[i] = b2 != nullptr ? b2[i] : 0.f;
   }
 
   const int ty = tid / kTW, tx = tid - ty * kTW;
-  const bool x_cl = xst.c == 1 && s.C_in > 1;  // channels_last: load channel-fastest to coalesce
-  float y1[kC];                                 // this pixel's primary outputs, channel l*4 + m
+  float y1[kC];  // this pixel's primary outputs, channel l*4 + m
 
 #pragma unroll
-  for (int chunk = 0; chunk < kL / kGroupsPerChunk; ++chunk) {
+  for (int chunk = 0; chunk < kChunks; ++chunk) {
     __syncthreads();  // the previous chunk's readers are done with xs
-    for (int i = tid; i < kIH * kIW * kChunkC; i += kThreads) {
-      int c, r, col;
-      if (x_cl) {
-        c = i % kChunkC;
-        const int rc = i / kChunkC;
-        col = rc % kIW;
-        r = rc / kIW;
-      } else {
-        col = i % kIW;
-        const int rc = i / kIW;
-        r = rc % kIH;
-        c = rc / kIH;
-      }
-      const int ih = oh0 - s.pH + r, iw = ow0 - s.pW + col;
-      float v = 0.f;  // zero padding
-      if (ih >= 0 && ih < s.H && iw >= 0 && iw < s.W) v = to_f(x[offset4(xst, n, chunk * kChunkC + c, ih, iw)]);
-      xs[(r * kIW + col) * kXS + c] = v;
-    }
+    load_x_chunk(s, x, xst, xs, n, oh0, ow0, chunk);
     __syncthreads();
 #pragma unroll
     for (int g = 0; g < kGroupsPerChunk; ++g) {
       const int l = chunk * kGroupsPerChunk + g;
-      float a0 = b1s[l * kM + 0], a1 = b1s[l * kM + 1], a2 = b1s[l * kM + 2], a3 = b1s[l * kM + 3];
-#pragma unroll
-      for (int ci = 0; ci < kMi; ++ci) {
-#pragma unroll
-        for (int kh = 0; kh < 3; ++kh) {
-#pragma unroll
-          for (int kw = 0; kw < 3; ++kw) {
-            const float xv = xs[((ty + kh) * kIW + tx + kw) * kXS + g * kMi + ci];
-            const float4 w = w1s[(l * kMi + ci) * 9 + kh * 3 + kw];
-            a0 = fmaf(w.x, xv, a0);
-            a1 = fmaf(w.y, xv, a1);
-            a2 = fmaf(w.z, xv, a2);
-            a3 = fmaf(w.w, xv, a3);
-          }
-        }
-      }
-      y1[l * kM + 0] = a0;
-      y1[l * kM + 1] = a1;
-      y1[l * kM + 2] = a2;
-      y1[l * kM + 3] = a3;
+      const float4 a = primary_group4(xs, w1s, b1s, ty, tx, chunk, g);
+      y1[l * kM + 0] = a.x;
+      y1[l * kM + 1] = a.y;
+      y1[l * kM + 2] = a.z;
+      y1[l * kM + 3] = a.w;
     }
   }
   __syncthreads();  // xs is overwritten by the output stage below
@@ -168,14 +127,14 @@ __global__ void __launch_bounds__(kThreads, 2)
   // Epilogue with coalesced stores: consecutive threads take consecutive channels of a pixel
   // (channels_last) or consecutive pixels of a row (NCHW).
   const bool o_cl = ost.c == 1;
-  for (int i = tid; i < kThreads * kC; i += kThreads) {
+  for (int i = tid; i < kTileThreads * kC; i += kTileThreads) {
     int o, pix;
     if (o_cl) {
       o = i % kC;
       pix = i / kC;
     } else {
-      pix = i % kThreads;
-      o = i / kThreads;
+      pix = i % kTileThreads;
+      o = i / kTileThreads;
     }
     const int oh = oh0 + pix / kTW, ow = ow0 + pix % kTW;
     if (oh < s.H_out && ow < s.W_out) {
@@ -236,10 +195,7 @@ __global__ void __launch_bounds__(kGeneralThreads)
 
 }  // namespace
 
-bool fast_forward_applies(const KernelShape& s) {
-  return s.kH == 3 && s.kW == 3 && s.sH == 1 && s.sW == 1 && s.dH == 1 && s.dW == 1 && s.L == fast::kL &&
-         s.M == fast::kM && s.M_in == fast::kMi && s.N <= 65535 && (s.H_out + fast::kTH - 1) / fast::kTH <= 65535;
-}
+bool fast_forward_applies(const KernelShape& s) { return paper::tile_applies(s); }
 
 int fast_forward_smem_bytes(DType dtype) {
   return dtype == DType::kFloat32 ? fast::smem_bytes<float>() : fast::smem_bytes<__half>();
@@ -261,10 +217,10 @@ cudaError_t launch_forward_fast(const ForwardArgs& a, cudaStream_t stream) {
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
     const KernelShape& s = a.s;
-    const dim3 grid((s.W_out + fast::kTW - 1) / fast::kTW, (s.H_out + fast::kTH - 1) / fast::kTH, s.N);
-    kernel<<<grid, fast::kThreads, smem, stream>>>(s, static_cast<const scalar_t*>(a.x), a.xst, a.w1, a.b1, a.w2,
-                                                   a.b2, static_cast<const scalar_t*>(a.res), a.rst,
-                                                   static_cast<scalar_t*>(a.out), a.ost);
+    const dim3 grid((s.W_out + paper::kTW - 1) / paper::kTW, (s.H_out + paper::kTH - 1) / paper::kTH, s.N);
+    kernel<<<grid, paper::kTileThreads, smem, stream>>>(s, static_cast<const scalar_t*>(a.x), a.xst, a.w1, a.b1,
+                                                        a.w2, a.b2, static_cast<const scalar_t*>(a.res), a.rst,
+                                                        static_cast<scalar_t*>(a.out), a.ost);
     return cudaGetLastError();
   });
 }

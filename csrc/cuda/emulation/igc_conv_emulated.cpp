@@ -52,8 +52,8 @@ int igc_emu_forward(const int64_t* params, int dtype, int fast_path, int max_blo
     T* op = static_cast<T*>(out);
     if (fast_path) {
       if (!fast_forward_applies(s)) return 2;
-      const dim3 grid((s.W_out + fast::kTW - 1) / fast::kTW, (s.H_out + fast::kTH - 1) / fast::kTH, s.N);
-      igc_emu::launch(grid, dim3(fast::kThreads), fast::smem_bytes<T>(), [&] {
+      const dim3 grid((s.W_out + paper::kTW - 1) / paper::kTW, (s.H_out + paper::kTH - 1) / paper::kTH, s.N);
+      igc_emu::launch(grid, dim3(paper::kTileThreads), fast::smem_bytes<T>(), [&] {
         fast::igc_fwd_fast_kernel<T>(s, xp, strides_from(xst), w1, b1, w2, b2, rp, strides_from(rst), op,
                                      strides_from(ost));
       });
@@ -91,9 +91,8 @@ int igc_emu_backward(const int64_t* params, int dtype, const int64_t* segq, int 
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* xp = static_cast<const T*>(x);
     if (fast && y1ws != nullptr) {
-      const dim3 grid((s.W_out + fast_bwd::kTW - 1) / fast_bwd::kTW, (s.H_out + fast_bwd::kTH - 1) / fast_bwd::kTH,
-                      s.N);
-      igc_emu::launch(grid, dim3(fast_bwd::kTileThreads), fast_bwd::kY1Smem, [&] {
+      const dim3 grid((s.W_out + paper::kTW - 1) / paper::kTW, (s.H_out + paper::kTH - 1) / paper::kTH, s.N);
+      igc_emu::launch(grid, dim3(paper::kTileThreads), fast_bwd::kY1Smem, [&] {
         fast_bwd::igc_bwd_fast_y1_kernel<T>(s, xp, strides_from(xst), w1, b1, y1ws);
       });
     }
@@ -103,7 +102,7 @@ int igc_emu_backward(const int64_t* params, int dtype, const int64_t* segq, int 
                             fast ? y1ws : nullptr, ws, partial);
     });
     if (!seg.w1_in_mid && seg.end_w1 > seg.end_b2) {
-      igc_emu::launch(dim3(rows), dim3(fast_bwd::kTileThreads), fast_bwd::kW1GradSmem, [&] {
+      igc_emu::launch(dim3(rows), dim3(paper::kTileThreads), fast_bwd::kW1GradSmem, [&] {
         fast_bwd::igc_bwd_fast_w1_kernel<T>(s, seg, xp, strides_from(xst), ws, partial);
       });
     }
