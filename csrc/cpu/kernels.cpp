@@ -50,10 +50,12 @@ namespace {
 //   MBMAX: output rows per rows-GEMM block; ACC: accumulator registers it may use;
 //   BA x BB: entries per NT-reduce block.
 
-struct GenericF {
-  typedef float S;
-  typedef float V __attribute__((vector_size(16)));
-  static constexpr int VL = 4, MBMAX = 6, ACC = 12, BA = 3, BB = 4;
+// Portable vectors of 16 bytes (GCC vector extension) for float and double.
+template <typename Scalar>
+struct Generic {
+  typedef Scalar S;
+  typedef Scalar V __attribute__((vector_size(16)));
+  static constexpr int VL = 16 / sizeof(Scalar), MBMAX = 6, ACC = 12, BA = 3, BB = 4;
   static IGC_AI V load(const S* p) { V v; __builtin_memcpy(&v, p, sizeof(V)); return v; }
   static IGC_AI void store(S* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
   static IGC_AI V bcast(S s) { V v = {}; return v + s; }
@@ -70,27 +72,8 @@ struct GenericF {
   }
   static IGC_AI void store_stream(S* p, V v) { store(p, v); }
 };
-
-struct GenericD {
-  typedef double S;
-  typedef double V __attribute__((vector_size(16)));
-  static constexpr int VL = 2, MBMAX = 6, ACC = 12, BA = 3, BB = 4;
-  static IGC_AI V load(const S* p) { V v; __builtin_memcpy(&v, p, sizeof(V)); return v; }
-  static IGC_AI void store(S* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
-  static IGC_AI V bcast(S s) { V v = {}; return v + s; }
-  static IGC_AI V fma(V a, V b, V c) { return a * b + c; }
-  static IGC_AI V load_partial(const S* p, int64_t rem) {
-    S t[VL] = {};
-    for (int64_t l = 0; l < rem; ++l) t[l] = p[l];
-    return load(t);
-  }
-  static IGC_AI void store_partial(S* p, V v, int64_t rem) {
-    S t[VL];
-    store(t, v);
-    for (int64_t l = 0; l < rem; ++l) p[l] = t[l];
-  }
-  static IGC_AI void store_stream(S* p, V v) { store(p, v); }
-};
+typedef Generic<float> GenericF;
+typedef Generic<double> GenericD;
 
 // Portable path (baseline flags): SSE2 on x86-64, NEON etc. elsewhere.
 namespace gen {
