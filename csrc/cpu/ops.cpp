@@ -282,10 +282,10 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
   at::parallel_for(0, rows, grain_for(p.W_out * C * (K1 + L)), [&](int64_t begin, int64_t end) {
     RowCache<S> cache(g);
     const std::vector<const S*>& src = cache.src;
-    std::vector<S> y1(C * kSegF, S(0)), st(direct ? 0 : C * kSegF, S(0));
+    std::vector<S> y1(L > 1 ? C * kSegF : 0, S(0)), st(direct ? 0 : C * kSegF, S(0));  // L == 1: no y1 tile
     std::vector<const S*> y1src(C), res(C);
     std::vector<S*> y1dst(C), dst(C);
-    for (int64_t l = 0; l < L; ++l)
+    for (int64_t l = 0; l < L && L > 1; ++l)
       for (int64_t m = 0; m < M; ++m) {
         y1dst[l * M + m] = y1.data() + (l * M + m) * kSegF;
         y1src[m * L + l] = y1.data() + (l * M + m) * kSegF;
@@ -305,12 +305,8 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
             dst[c2] = st.data() + c2 * kSegF;
           }
         }
-        RowsArgs<S> b;
-        b.MB = L;
-        b.K = L;
+        RowsArgs<S> b;  // the output rows: shared fields, then the GEMM(s) that write them
         b.P = len;
-        b.ldw = L;
-        b.soff = 0;
         b.relu = direct && relu;
         b.stream = stream;
         if (L == 1) {  // one GEMM straight from the packed input: K1 taps -> M output rows
@@ -324,14 +320,19 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
           b.dst = dst.data();
           b.res = direct && rp ? res.data() : nullptr;
           kern.rows(b);
-        }
-        for (int64_t m = 0; m < M && L > 1; ++m) {
-          b.w = g.w2T.data() + m * L * L;
-          b.bias = g.b2.empty() ? nullptr : g.b2.data() + m * L;
-          b.src = y1src.data() + m * L;
-          b.dst = dst.data() + m * L;
-          b.res = direct && rp ? res.data() + m * L : nullptr;
-          kern.rows(b);
+        } else {  // the secondary, per group m, from the y1 tile
+          b.MB = L;
+          b.K = L;
+          b.ldw = L;
+          b.soff = 0;
+          for (int64_t m = 0; m < M; ++m) {
+            b.w = g.w2T.data() + m * L * L;
+            b.bias = g.b2.empty() ? nullptr : g.b2.data() + m * L;
+            b.src = y1src.data() + m * L;
+            b.dst = dst.data() + m * L;
+            b.res = direct && rp ? res.data() + m * L : nullptr;
+            kern.rows(b);
+          }
         }
         if (direct) continue;
         // General epilogue: residual, activation, rounding to T, any output strides.
