@@ -51,18 +51,17 @@ def build_model(
     ``backend`` selects the IGC op backend ('auto', 'cpu', 'cuda', 'triton', 'reference'); it
     is ignored by 'vdsr', which has no IGC layers and stays plain PyTorch. IGC-VDSR's head and
     tail convs run on the fused CPU kernel too (``FusedConv2d``, backend 'auto': CPU tensors
-    only), except with backend 'reference', which keeps the whole network on stock ops. ``channels``/``depth`` default to the paper's
-    (96 for IGC-VDSR, 64 for VDSR; 20 layers).
+    only), except with backend 'reference', which keeps the whole network on stock ops.
+    ``channels``/``depth`` default to the paper's (96 for IGC-VDSR, 64 for VDSR; 20 layers).
     """
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
     default_channels, every = ARCHS[arch]
     channels = default_channels if channels is None else channels
-    head_tail = "stock"
+    head_tail = "stock" if every == "dense" or backend == "reference" else "auto"
     if every == "dense":
         factory = dense_layer
     else:
-        head_tail = "stock" if backend == "reference" else "auto"
         if isinstance(channels, int) and isinstance(primary_groups, int) and primary_groups > 0 \
                 and channels % primary_groups:
             raise ValueError(f"channels ({channels}) must be divisible by primary_groups ({primary_groups})")
