@@ -29,6 +29,7 @@
 #include <cstring>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "igc_conv.h"
@@ -233,12 +234,6 @@ struct RowCache {
   }
 };
 
-// Software prefetch of the input row the next output row will pack (into L2), spread over the
-// primary's group calls of the current row. Without it the packing copy of every new input row
-// waits on DRAM (about a quarter of the forward at 1x96x256x256); with it those reads overlap the
-// arithmetic. Piece `part` of `parts` of segment [p0, p0 + len): NCHW-like rows take channels
-// part*C/parts .. of the segment's columns; channels_last rows take the same share of the
-// segment's contiguous pixels. Other layouts are not prefetched.
 // An asm statement because GCC drops __builtin_prefetch loops it deems side-effect free.
 inline void prefetch_l2(const void* a) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -248,32 +243,40 @@ inline void prefetch_l2(const void* a) {
 #endif
 }
 
+// Software prefetch (into L2) of one tensor row that the next output row will read, spread over
+// the kernel calls of the current row. Rows of activations are read once and each channel's run
+// lies in its own page, so the hardware prefetchers do not fetch them ahead; without this the
+// forward's packing of each new input row waited on DRAM (about a quarter of the forward at
+// 1x96x256x256), and so did the backward's reads of grad_out and out.
+// fetch(p0, len, part, parts): piece `part` of `parts` of the columns that output segment
+// [p0, p0 + len) reads (columns scale * [p0, p0 + len)); planar rows split by channel,
+// channels_last rows split their contiguous pixels. Other layouts are not prefetched.
 template <typename T>
-struct NextRowPrefetch {
-  const T* row = nullptr;  // input row (n, iy) to fetch; null: nothing to do
-  Str xs{0, 0, 0, 0};
-  int64_t C = 0, W = 0, sW = 1;
+struct RowPrefetch {
+  const T* row = nullptr;  // row (n, y) of the tensor; null: nothing to fetch
+  int64_t cs = 0, C = 0, W = 0, scale = 1;
+  bool planar = true;
 
-  void set(const T* x, const Str& s, const IGCConvParams& p, int64_t n, int64_t iy) {
-    const bool layout_ok = s.w == 1 || (s.c == 1 && s.w == p.C_in);
-    row = layout_ok && iy >= 0 && iy < p.H ? x + n * s.n + iy * s.h : nullptr;
-    xs = s;
-    C = p.C_in;
-    W = p.W;
-    sW = p.sW;
+  void set(const T* base, const Str& s, int64_t C_, int64_t H, int64_t W_, int64_t n, int64_t y, int64_t scale_) {
+    planar = s.w == 1;
+    const bool layout_ok = planar || (s.c == 1 && s.w == C_);
+    row = base && layout_ok && y >= 0 && y < H ? base + n * s.n + y * s.h : nullptr;
+    cs = s.c;
+    C = C_;
+    W = W_;
+    scale = scale_;
   }
   void fetch(int64_t p0, int64_t len, int64_t part, int64_t parts) const {
     if (!row) return;
     constexpr int64_t line = 64 / sizeof(T);
-    const int64_t x0 = std::min(W, p0 * sW), x1 = std::min(W, (p0 + len) * sW);
-    if (xs.w == 1) {
+    const int64_t x0 = std::min(W, p0 * scale), x1 = std::min(W, (p0 + len) * scale);
+    if (planar) {
       for (int64_t c = part * C / parts; c < (part + 1) * C / parts; ++c)
-        for (int64_t ix = x0; ix < x1; ix += line) prefetch_l2(row + c * xs.c + ix);
+        for (int64_t ix = x0; ix < x1; ix += line) prefetch_l2(row + c * cs + ix);
     } else {
       const T* a = row + x0 * C;
       const int64_t total = (x1 - x0) * C;
-      for (int64_t i = part * total / parts / line * line; i < (part + 1) * total / parts; i += line)
-        prefetch_l2(a + i);
+      for (int64_t i = part * total / parts / line * line; i < (part + 1) * total / parts; i += line) prefetch_l2(a + i);
     }
   }
 };
@@ -328,7 +331,7 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
 
   at::parallel_for(0, rows, grain_for(p.W_out * C * (K1 + L)), [&](int64_t begin, int64_t end) {
     RowCache<S> cache(g);
-    NextRowPrefetch<T> next;
+    RowPrefetch<T> next;  // the input row the next output row adds to the cache
     const std::vector<const S*>& src = cache.src;
     std::vector<S> y1(L > 1 ? C * kSegF : 0, S(0)), st(direct ? 0 : C * kSegF, S(0));  // L == 1: no y1 tile
     std::vector<const S*> y1src(C), res(C);
@@ -341,8 +344,8 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / p.H_out, oy = row % p.H_out;
       cache.template prepare<T>(xp, xs, n, oy);
-      // The input row the next output row adds to the cache (the bottom tap row moves down).
-      next.set(xp, xs, p, n, row + 1 < end && oy + 1 < p.H_out ? (oy + 1) * p.sH - p.pH + (p.kH - 1) * p.dH : -1);
+      next.set(xp, xs, p.C_in, p.H, p.W, n, row + 1 < end && oy + 1 < p.H_out ? (oy + 1) * p.sH - p.pH + (p.kH - 1) * p.dH : -1,
+               p.sW);
       for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
         const int64_t len = std::min(kSegF, p.W_out - p0);
         if (L > 1) {
@@ -442,7 +445,10 @@ struct GradInput {
   Str gxs;
   bool direct;
   int64_t base, Lm, Wg, Wz, Kx;
-  std::vector<S> Z, wg, tile;
+  std::vector<S> Z, tile;
+  // Flipped primary weights per set of valid kernel rows (bit kh): interior rows all share one
+  // set, so each table is built once rather than for every row (3.5k scalar writes per row).
+  std::vector<std::pair<uint64_t, std::vector<S>>> wg_of;
   std::vector<const S*> srcx;
   std::vector<S*> dst;
 
@@ -458,7 +464,6 @@ struct GradInput {
     Wz = round_up(p.W + (p.kW - 1) * p.dW + kLanes, kLanes);
     Kx = p.M * p.kH * p.kW;
     Z.resize(p.sW > 1 ? p.kH * p.C_out * Wz : 0);
-    wg.resize(p.L * Kx * p.M_in);
     tile.resize(direct ? 0 : p.C_in * kSegX);
     srcx.resize(p.L * Kx);
     dst.resize(p.C_in);
@@ -469,16 +474,45 @@ struct GradInput {
     return std::min(p.H_out - 1, (iy + p.pH) / p.sH);
   }
 
+  // The weights of the rows GEMM for the valid kernel rows `valid`, in the order emit appends
+  // their sources: entry ((l * Kx + k) * M_in + ci), k = (nv * M + m) * kW + kw, nv counting the
+  // valid rows before kh, holds w1[l*M+m][ci][kh][kW-1-kw].
+  const S* weights_for(uint64_t valid) {
+    for (const auto& e : wg_of)
+      if (e.first == valid) return e.second.data();
+    const IGCConvParams& p = g.p;
+    const int64_t M = p.M, Min = p.M_in;
+    std::vector<S> wg(p.L * Kx * Min, S(0));
+    int64_t nv = 0;
+    for (int64_t kh = 0; kh < p.kH; ++kh) {
+      if (!(valid >> kh & 1)) continue;
+      for (int64_t l = 0; l < p.L; ++l)
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t kw = 0; kw < p.kW; ++kw)
+            for (int64_t ci = 0; ci < Min; ++ci)
+              wg[(l * Kx + (nv * M + m) * p.kW + kw) * Min + ci] =
+                  g.w1[(((l * M + m) * Min + ci) * p.kH + kh) * p.kW + (p.kW - 1 - kw)];
+      ++nv;
+    }
+    wg_of.emplace_back(valid, std::move(wg));
+    return wg_of.back().second.data();
+  }
+
   // Row iy of image n; row_of(c1, oy) is the margined grad_y1 row of channel c1, output row oy.
   template <typename RowOf>
   void emit(int64_t n, int64_t iy, const RowOf& row_of) {
     const IGCConvParams& p = g.p;
     const int64_t L = p.L, M = p.M, C = p.C_out, Min = p.M_in;
-    int64_t nv = 0;
+    uint64_t valid = 0;
     for (int64_t kh = 0; kh < p.kH; ++kh) {
       const int64_t t = iy + p.pH - kh * p.dH;
-      if (t < 0 || t % p.sH != 0 || t / p.sH >= p.H_out) continue;
-      const int64_t oy = t / p.sH;
+      if (t >= 0 && t % p.sH == 0 && t / p.sH < p.H_out) valid |= uint64_t(1) << kh;
+    }
+    const S* wg = weights_for(valid);
+    int64_t nv = 0;
+    for (int64_t kh = 0; kh < p.kH; ++kh) {
+      if (!(valid >> kh & 1)) continue;
+      const int64_t oy = (iy + p.pH - kh * p.dH) / p.sH;
       // Stride 1: taps read the margined rows in place. Stride sW > 1: zero-upsample first.
       for (int64_t c1 = 0; c1 < C && p.sW > 1; ++c1) {
         S* z = Z.data() + (nv * C + c1) * Wz;
@@ -488,7 +522,7 @@ struct GradInput {
           z[t2] = q >= 0 && q % p.sW == 0 && q / p.sW < p.W_out ? gr[q / p.sW] : S(0);
         }
       }
-      // Sources and weights of this valid kernel row, appended after the earlier ones.
+      // Sources of this valid kernel row, appended after the earlier ones.
       for (int64_t l = 0; l < L; ++l)
         for (int64_t m = 0; m < M; ++m)
           for (int64_t kw = 0; kw < p.kW; ++kw) {
@@ -496,8 +530,6 @@ struct GradInput {
             const int64_t c1 = l * M + m;
             srcx[l * Kx + k] = p.sW > 1 ? Z.data() + (nv * C + c1) * Wz + kw * p.dW
                                         : row_of(c1, oy) + Lm + base + kw * p.dW;
-            for (int64_t ci = 0; ci < Min; ++ci)
-              wg[(l * Kx + k) * Min + ci] = g.w1[(((l * M + m) * Min + ci) * p.kH + kh) * p.kW + (p.kW - 1 - kw)];
           }
       ++nv;
     }
@@ -512,7 +544,7 @@ struct GradInput {
       a.ldw = Min;
       a.soff = p0;
       for (int64_t l = 0; l < L; ++l) {
-        a.w = wg.data() + l * Kx * Min;
+        a.w = wg + l * Kx * Min;
         a.src = srcx.data() + l * Kx;
         a.dst = dst.data() + l * Min;
         kern.rows(a);
@@ -566,6 +598,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
       A.w2.assign(mask[3] ? C * L : 0, 0.0);
       A.b2.assign(mask[4] ? C : 0, 0.0);
       RowCache<S> cache(g);
+      RowPrefetch<T> pf_x, pf_g, pf_o;
       GradInput<T, S> gin(g, kern, emit_gx ? gx : Tensor());
       const int64_t Wg = gin.Wg, Lm = gin.Lm;
       const std::vector<const S*>& src = cache.src;
@@ -616,9 +649,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
       // Output row oy of image n: gs, grad_y1 (into the ring), and when `owned` the weight sums.
       auto output_row = [&](int64_t n, int64_t oy, bool owned) {
         if (owned && need_pack) cache.template prepare<T>(xp, xs, n, oy);
+        // What the next output row reads first: its new input row, its grad_out and out rows.
+        const bool more = oy + 1 < p.H_out;
+        pf_x.set(need_pack ? xp : nullptr, xs, p.C_in, p.H, p.W, n, more ? (oy + 1) * p.sH - p.pH + (p.kH - 1) * p.dH : -1,
+                 p.sW);
+        pf_g.set(gp, gs_, C, p.H_out, p.W_out, n, more ? oy + 1 : -1, 1);
+        pf_o.set(outp, os, C, p.H_out, p.W_out, n, more ? oy + 1 : -1, 1);
+        auto prefetch = [&](int64_t p0, int64_t len, int64_t part, int64_t parts) {
+          pf_x.fetch(p0, len, part, parts);
+          pf_g.fetch(p0, len, part, parts);
+          pf_o.fetch(p0, len, part, parts);
+        };
         for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegB) {
           const int64_t len = std::min(kSegB, p.W_out - p0);
-          if (owned && need_y1) primary_segment(g, kern, src.data(), y1dst.data(), p0, len, [](int64_t) {});  // recompute y1
+          if (owned && need_y1) {  // recompute y1
+            primary_segment(g, kern, src.data(), y1dst.data(), p0, len, [&](int64_t l) { prefetch(p0, len, l, L); });
+          } else {
+            prefetch(p0, len, 0, 1);
+          }
           auto load = [&](int64_t oc, int64_t i) {
             const int64_t px = p0 + i;
             S v = S(gp[n * gs_.n + oc * gs_.c + oy * gs_.h + px * gs_.w]);
