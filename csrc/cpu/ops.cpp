@@ -197,19 +197,27 @@ void pack_row(const Layer<S>& g, const T* x, const Str& xs, int64_t n, int64_t i
 template <typename S>
 struct RowCache {
   const Layer<S>& g;
-  std::vector<S> buf;
+  std::vector<S> buf;  // kH slots of one packed input row each
   std::vector<int64_t> tag;  // input row held by each slot: n*H + iy, -1 zero row, -2 nothing
   std::vector<const S*> src;  // per tap (c, kh, kw)
+  std::vector<int64_t> want, slot_of;  // scratch of prepare(), per kernel row
+  std::vector<char> used;              // scratch of prepare(), per slot
 
   explicit RowCache(const Layer<S>& layer)
-      : g(layer), buf(layer.p.kH * layer.slot), tag(layer.p.kH, -2), src(layer.tap_off.size()) {}
+      : g(layer),
+        buf(layer.p.kH * layer.slot),
+        tag(layer.p.kH, -2),
+        src(layer.tap_off.size()),
+        want(layer.p.kH),
+        slot_of(layer.p.kH),
+        used(layer.p.kH) {}
 
   template <typename T>
   void prepare(const T* x, const Str& xs, int64_t n, int64_t oy) {
     const IGCConvParams& p = g.p;
     const int64_t kH = p.kH;
-    std::vector<int64_t> want(kH), slot_of(kH, -1);
-    std::vector<char> used(kH, 0);
+    std::fill(slot_of.begin(), slot_of.end(), -1);
+    std::fill(used.begin(), used.end(), 0);
     for (int64_t kh = 0; kh < kH; ++kh) {
       const int64_t iy = oy * p.sH - p.pH + kh * p.dH;
       want[kh] = iy >= 0 && iy < p.H ? n * p.H + iy : -1;
@@ -256,22 +264,30 @@ struct RowPrefetch {
   const T* row = nullptr;  // row (n, y) of the tensor; null: nothing to fetch
   int64_t cs = 0, C = 0, W = 0, scale = 1;
   bool planar = true;
+  int64_t cached_parts = 0, per = 0, extra = 0;  // planar: channels per part
 
   void set(const T* base, const Str& s, int64_t C_, int64_t H, int64_t W_, int64_t n, int64_t y, int64_t scale_) {
     planar = s.w == 1;
     const bool layout_ok = planar || (s.c == 1 && s.w == C_);
     row = base && layout_ok && y >= 0 && y < H ? base + n * s.n + y * s.h : nullptr;
     cs = s.c;
+    if (C != C_) cached_parts = 0;
     C = C_;
     W = W_;
     scale = scale_;
   }
-  void fetch(int64_t p0, int64_t len, int64_t part, int64_t parts) const {
+  void fetch(int64_t p0, int64_t len, int64_t part, int64_t parts) {
     if (!row) return;
     constexpr int64_t line = 64 / sizeof(T);
     const int64_t x0 = std::min(W, p0 * scale), x1 = std::min(W, (p0 + len) * scale);
     if (planar) {
-      for (int64_t c = part * C / parts; c < (part + 1) * C / parts; ++c)
+      if (parts != cached_parts) {  // called once per kernel call: no divisions in the common case
+        cached_parts = parts;
+        per = C / parts;
+        extra = C % parts;
+      }
+      const int64_t c0 = part * per + std::min(part, extra), c1 = c0 + per + (part < extra ? 1 : 0);
+      for (int64_t c = c0; c < c1; ++c)
         for (int64_t ix = x0; ix < x1; ix += line) prefetch_l2(row + c * cs + ix);
     } else {
       const T* a = row + x0 * C;
