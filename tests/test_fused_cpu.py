@@ -58,7 +58,8 @@ def isa(request):
     lib.igc_kernels_cpu_set_isa(before.encode())
 
 
-def _check_case(case: IGCCase, seed: int, dtype=torch.float32, non_contiguous: bool = False) -> None:
+def _check_case(case: IGCCase, seed: int, dtype=torch.float32, non_contiguous: bool = False,
+                residual_channels_last: bool = False, grad_channels_last: bool = False) -> None:
     """Forward and all six gradients through igc_conv(backend='cpu') + autograd vs float64."""
     args = case.make(dtype=torch.float64, seed=seed)
     x = args[0]
@@ -79,7 +80,7 @@ def _check_case(case: IGCCase, seed: int, dtype=torch.float32, non_contiguous: b
         if a is x and non_contiguous:
             t = torch.empty_strided(a.shape, a.stride(), dtype=dtype)
             t.copy_(a)
-        elif a is x and case.channels_last:
+        elif (a is x and case.channels_last) or (a is args[5] and residual_channels_last):
             t = t.contiguous(memory_format=torch.channels_last)
         return t.requires_grad_(True)
 
@@ -92,7 +93,7 @@ def _check_case(case: IGCCase, seed: int, dtype=torch.float32, non_contiguous: b
     if case.channels_last and out.numel():
         assert out.is_contiguous(memory_format=torch.channels_last)
     assert_close_to_reference(out, ref, dtype, f"{case} forward")
-    out.backward(grad.to(dtype))
+    out.backward(grad.to(dtype, memory_format=torch.channels_last if grad_channels_last else torch.contiguous_format))
     for name, got, want in zip(("x", "w1", "b1", "w2", "b2", "residual"), ins[:6], ref_in[:6]):
         if want is None:
             continue
@@ -129,6 +130,23 @@ EDGE_CASES = [
 @pytest.mark.parametrize("case", EDGE_CASES, ids=[f"edge{i}" for i in range(len(EDGE_CASES))])
 def test_edge_shapes(case, isa):
     _check_case(case, seed=7)
+
+
+# channels_last rows are packed, stored and (backward) read through blocked transposes (16x16 on
+# AVX-512, 8x8 on AVX2, 4x4 generic): channel and pixel counts around the block sizes, residual and
+# grad_out in either layout.
+CL_CASES = [
+    IGCCase(N=2, L=8, M_in=4, M=4, H=5, W=37, channels_last=True, residual=True),
+    IGCCase(N=1, L=5, M_in=3, M=5, H=4, W=70, channels_last=True, residual=True, activation=0),
+    IGCCase(N=1, L=24, M_in=4, M=4, H=3, W=64, channels_last=True),
+    IGCCase(N=2, L=3, M_in=5, M=3, H=6, W=19, padding=(0, 2), channels_last=True, residual=True),
+]
+
+
+@pytest.mark.parametrize("others_cl", [True, False], ids=["res_grad_cl", "res_grad_nchw"])
+@pytest.mark.parametrize("case", CL_CASES, ids=[f"cl{i}" for i in range(len(CL_CASES))])
+def test_channels_last_transposes(case, others_cl, isa):
+    _check_case(case, seed=11, residual_channels_last=others_cl and case.residual, grad_channels_last=others_cl)
 
 
 # The backward splits the output rows into one band per thread and forms grad_x from a ring of

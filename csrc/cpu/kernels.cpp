@@ -71,6 +71,10 @@ struct Generic {
     for (int64_t l = 0; l < rem; ++l) p[l] = t[l];
   }
   static IGC_AI void store_stream(S* p, V v) { store(p, v); }
+  static IGC_AI void transpose_block(const S* src, int64_t lds, S* dst, int64_t ldd) {
+    for (int i = 0; i < VL; ++i)
+      for (int j = 0; j < VL; ++j) dst[j * ldd + i] = src[i * lds + j];
+  }
 };
 typedef Generic<float> GenericF;
 typedef Generic<double> GenericD;
@@ -99,6 +103,26 @@ struct Avx2 {
   static IGC_AI V load_partial(const S* p, int64_t rem) { return _mm256_maskload_ps(p, mask(rem)); }
   static IGC_AI void store_partial(S* p, V v, int64_t rem) { _mm256_maskstore_ps(p, mask(rem), v); }
   static IGC_AI void store_stream(S* p, V v) { _mm256_stream_ps(p, v); }  // p 32-byte aligned
+  // 8 x 8: interleave row pairs, then pairs of pairs, then swap 128-bit halves.
+  static IGC_AI void transpose_block(const S* src, int64_t lds, S* dst, int64_t ldd) {
+    V r[8], t[8];
+    for (int i = 0; i < 8; ++i) r[i] = load(src + i * lds);
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+      r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+      r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+      r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+      r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; ++i) {
+      t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+      t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+    }
+    for (int j = 0; j < 8; ++j) store(dst + j * ldd, t[j]);
+  }
 };
 
 #include "kernels_impl.inc"
@@ -119,6 +143,31 @@ struct Avx512 {
   static IGC_AI V load_partial(const S* p, int64_t rem) { return _mm512_maskz_loadu_ps(__mmask16((1u << rem) - 1), p); }
   static IGC_AI void store_partial(S* p, V v, int64_t rem) { _mm512_mask_storeu_ps(p, __mmask16((1u << rem) - 1), v); }
   static IGC_AI void store_stream(S* p, V v) { _mm512_stream_ps(p, v); }  // p 64-byte aligned
+  // 16 x 16: interleave row pairs, then pairs of pairs, then two rounds of 128-bit lane shuffles.
+  static IGC_AI void transpose_block(const S* src, int64_t lds, S* dst, int64_t ldd) {
+    V r[16], t[16];
+    for (int i = 0; i < 16; ++i) r[i] = load(src + i * lds);
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+      r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+      r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+      r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+      r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int h = 0; h < 16; h += 8)
+      for (int i = 0; i < 4; ++i) {
+        t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+        t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+      }
+    for (int i = 0; i < 8; ++i) {
+      r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+      r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    }
+    for (int j = 0; j < 16; ++j) store(dst + j * ldd, r[j]);
+  }
 };
 #include "kernels_impl.inc"
 }  // namespace x512
@@ -133,10 +182,13 @@ void nt_generic_f(const NtArgs<float>& a) { gen::nt_impl<GenericF>(a); }
 void rows_generic_d(const RowsArgs<double>& a) { gen::rows_impl<GenericD>(a); }
 void nt_generic_d(const NtArgs<double>& a) { gen::nt_impl<GenericD>(a); }
 
+void transpose_generic_f(const TransposeArgs<float>& a) { gen::transpose_impl<GenericF>(a); }
+void transpose_generic_d(const TransposeArgs<double>& a) { gen::transpose_impl<GenericD>(a); }
+
 void no_fence() {}
 
-const Kernels<float> kGenericF = {"generic", GenericF::VL, rows_generic_f, nt_generic_f, no_fence};
-const Kernels<double> kGenericD = {"generic", GenericD::VL, rows_generic_d, nt_generic_d, no_fence};
+const Kernels<float> kGenericF = {"generic", GenericF::VL, rows_generic_f, nt_generic_f, no_fence, transpose_generic_f};
+const Kernels<double> kGenericD = {"generic", GenericD::VL, rows_generic_d, nt_generic_d, no_fence, transpose_generic_d};
 
 #if IGC_X86
 __attribute__((target("avx2,fma"))) void rows_avx2(const RowsArgs<float>& a) { x2::rows_impl<x2::Avx2>(a); }
@@ -148,10 +200,18 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void nt_a
   x512::nt_impl<x512::Avx512>(a);
 }
 
+__attribute__((target("avx2,fma"))) void transpose_avx2(const TransposeArgs<float>& a) {
+  x2::transpose_impl<x2::Avx2>(a);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void transpose_avx512(
+    const TransposeArgs<float>& a) {
+  x512::transpose_impl<x512::Avx512>(a);
+}
+
 void sfence() { _mm_sfence(); }
 
-const Kernels<float> kAvx2 = {"avx2", x2::Avx2::VL, rows_avx2, nt_avx2, sfence};
-const Kernels<float> kAvx512 = {"avx512", x512::Avx512::VL, rows_avx512, nt_avx512, sfence};
+const Kernels<float> kAvx2 = {"avx2", x2::Avx2::VL, rows_avx2, nt_avx2, sfence, transpose_avx2};
+const Kernels<float> kAvx512 = {"avx512", x512::Avx512::VL, rows_avx512, nt_avx512, sfence, transpose_avx512};
 
 bool has_avx2() {
   __builtin_cpu_init();

@@ -1,6 +1,7 @@
 // SIMD microkernels of the fused CPU IGC op, and the run-time choice of instruction set.
 //
-// Two building blocks carry all the arithmetic (see ops.cpp for how the layer maps onto them):
+// Two building blocks carry all the arithmetic (see ops.cpp for how the layer maps onto them);
+// a blocked transpose moves channels_last rows in and out:
 //   rows GEMM:  dst[i][p] = bias[i] + sum_k w[k*ldw + i] * src[k][soff + p]   (+ res[i][p], relu)
 //               MB output rows from K source rows (pointers, so a row can be any tap of the packed
 //               input), register-blocked over output rows x pixel vectors.
@@ -45,6 +46,17 @@ struct NtArgs {
   int64_t ld = 0;
 };
 
+// dst[j * ldd + i] = src[i * lds + j] for i < R, j < C: between channel rows (NCHW) and pixel
+// rows (channels_last).
+template <typename S>
+struct TransposeArgs {
+  int64_t R = 0, C = 0;
+  const S* src = nullptr;
+  int64_t lds = 0;
+  S* dst = nullptr;
+  int64_t ldd = 0;
+};
+
 template <typename S>
 struct Kernels {
   const char* name;
@@ -52,6 +64,7 @@ struct Kernels {
   void (*rows)(const RowsArgs<S>&);
   void (*nt)(const NtArgs<S>&);
   void (*store_fence)();  // orders this thread's non-temporal stores (see RowsArgs::stream)
+  void (*transpose)(const TransposeArgs<S>&);
 };
 
 // The float kernels for the instruction set chosen at first use: the best the CPU supports, or

@@ -144,7 +144,7 @@ struct Layer {
 // Packs input row (n, iy) (iy < 0: a zero row): row (c*sW + r) of dst, element j, holds
 // x[n, c, iy, j*sW + r - pW], zero outside the image.
 template <typename T, typename S>
-void pack_row(const Layer<S>& g, const T* x, const Str& xs, int64_t n, int64_t iy, S* dst) {
+void pack_row(const Layer<S>& g, const Kernels<S>& kern, const T* x, const Str& xs, int64_t n, int64_t iy, S* dst) {
   const IGCConvParams& p = g.p;
   const int64_t Wp = g.Wp;
   if (iy < 0) {
@@ -152,7 +152,23 @@ void pack_row(const Layer<S>& g, const T* x, const Str& xs, int64_t n, int64_t i
     return;
   }
   const T* xr = x + n * xs.n + iy * xs.h;
-  if (xs.c == 1 && p.C_in > 1) {  // channels_last: read pixels contiguously, scatter to rows
+  if (xs.c == 1 && p.C_in > 1 && p.sW == 1 && std::is_same<T, S>::value) {  // channels_last: a transpose
+    const int64_t j0 = std::min(Wp, p.pW), j1 = std::max(j0, std::min(Wp, p.W + p.pW));  // columns inside the image
+    TransposeArgs<S> a;
+    a.R = j1 - j0;
+    a.C = p.C_in;
+    a.src = reinterpret_cast<const S*>(xr + (j0 - p.pW) * xs.w);
+    a.lds = xs.w;
+    a.dst = dst + j0;
+    a.ldd = Wp;
+    kern.transpose(a);
+    for (int64_t c = 0; c < p.C_in; ++c) {
+      std::fill(dst + c * Wp, dst + c * Wp + j0, S(0));
+      std::fill(dst + c * Wp + j1, dst + (c + 1) * Wp, S(0));
+    }
+    return;
+  }
+  if (xs.c == 1 && p.C_in > 1) {  // channels_last, strided or converted: read pixels contiguously, scatter to rows
     for (int64_t r = 0; r < p.sW; ++r)
       for (int64_t j = 0; j < Wp; ++j) {
         const int64_t ix = j * p.sW + r - p.pW;
@@ -197,14 +213,16 @@ void pack_row(const Layer<S>& g, const T* x, const Str& xs, int64_t n, int64_t i
 template <typename S>
 struct RowCache {
   const Layer<S>& g;
+  const Kernels<S>& kern;
   std::vector<S> buf;  // kH slots of one packed input row each
   std::vector<int64_t> tag;  // input row held by each slot: n*H + iy, -1 zero row, -2 nothing
   std::vector<const S*> src;  // per tap (c, kh, kw)
   std::vector<int64_t> want, slot_of;  // scratch of prepare(), per kernel row
   std::vector<char> used;              // scratch of prepare(), per slot
 
-  explicit RowCache(const Layer<S>& layer)
+  RowCache(const Layer<S>& layer, const Kernels<S>& k)
       : g(layer),
+        kern(k),
         buf(layer.p.kH * layer.slot),
         tag(layer.p.kH, -2),
         src(layer.tap_off.size()),
@@ -234,7 +252,7 @@ struct RowCache {
       while (used[s]) ++s;  // a free slot exists: kH slots, at most kH distinct rows wanted
       used[s] = 1;
       tag[s] = want[kh];
-      pack_row<T, S>(g, x, xs, n, want[kh] < 0 ? -1 : want[kh] - n * p.H, buf.data() + s * g.slot);
+      pack_row<T, S>(g, kern, x, xs, n, want[kh] < 0 ? -1 : want[kh] - n * p.H, buf.data() + s * g.slot);
       for (int64_t k2 = kh; k2 < kH; ++k2)
         if (want[k2] == want[kh]) slot_of[k2] = s;
     }
@@ -346,7 +364,7 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
   const int64_t rows = p.N * p.H_out;
 
   at::parallel_for(0, rows, grain_for(p.W_out * C * (K1 + L)), [&](int64_t begin, int64_t end) {
-    RowCache<S> cache(g);
+    RowCache<S> cache(g, kern);
     RowPrefetch<T> next;  // the input row the next output row adds to the cache
     const std::vector<const S*>& src = cache.src;
     std::vector<S> y1(L > 1 ? C * kSegF : 0, S(0)), st(direct ? 0 : C * kSegF, S(0));  // L == 1: no y1 tile
@@ -375,12 +393,12 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
             dst[c2] = reinterpret_cast<S*>(op + n * os.n + oc * os.c + oy * os.h + p0);
             if (rp) res[c2] = reinterpret_cast<const S*>(rp + n * rs.n + oc * rs.c + oy * rs.h + p0);
           } else {
-            dst[c2] = st.data() + c2 * kSegF;
+            dst[c2] = st.data() + oc * kSegF;  // the tile in output-channel order
           }
         }
         RowsArgs<S> b;  // the output rows: shared fields, then the GEMM(s) that write them
         b.P = len;
-        b.relu = direct && relu;
+        b.relu = relu && (direct || !rp);  // else the epilogue adds the residual, then the ReLU
         b.stream = stream;
         if (L == 1) {  // one GEMM straight from the packed input: K1 taps -> M output rows
           b.MB = M;
@@ -408,19 +426,41 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
           }
         }
         if (direct) continue;
-        // General epilogue: residual, activation, rounding to T, any output strides.
-        auto store = [&](int64_t oc, int64_t i) {
-          S v = st[g.c2_of_oc[oc] * kSegF + i];
+        // General epilogue from the tile: residual, activation, rounding to T, any output strides.
+        const bool late_relu = relu && rp;
+        auto finish = [&](S v, int64_t oc, int64_t i) {
           if (rp) v += S(rp[n * rs.n + oc * rs.c + oy * rs.h + (p0 + i) * rs.w]);
-          if (relu) v = v < S(0) ? S(0) : v;
-          op[n * os.n + oc * os.c + oy * os.h + (p0 + i) * os.w] = T(v);
+          if (late_relu) v = v < S(0) ? S(0) : v;
+          return T(v);
         };
         if (os.w == 1) {
-          for (int64_t oc = 0; oc < C; ++oc)
-            for (int64_t i = 0; i < len; ++i) store(oc, i);
+          for (int64_t oc = 0; oc < C; ++oc) {
+            T* o = op + n * os.n + oc * os.c + oy * os.h + p0;
+            const S* t = st.data() + oc * kSegF;
+            for (int64_t i = 0; i < len; ++i) o[i] = finish(t[i], oc, i);
+          }
+        } else if (os.c == 1 && std::is_same<T, S>::value && (!rp || rs.c == 1)) {  // channels_last: a transpose
+          S* o = reinterpret_cast<S*>(op + n * os.n + oy * os.h + p0 * os.w);
+          TransposeArgs<S> a;
+          a.R = C;
+          a.C = len;
+          a.src = st.data();
+          a.lds = kSegF;
+          a.dst = o;
+          a.ldd = os.w;
+          kern.transpose(a);
+          for (int64_t i = 0; i < len && rp; ++i) {
+            S* oi = o + i * os.w;
+            const S* r = reinterpret_cast<const S*>(rp + n * rs.n + oy * rs.h + (p0 + i) * rs.w);
+            for (int64_t oc = 0; oc < C; ++oc) {
+              const S v = oi[oc] + r[oc];
+              oi[oc] = late_relu && v < S(0) ? S(0) : v;
+            }
+          }
         } else {
           for (int64_t i = 0; i < len; ++i)
-            for (int64_t oc = 0; oc < C; ++oc) store(oc, i);
+            for (int64_t oc = 0; oc < C; ++oc)
+              op[n * os.n + oc * os.c + oy * os.h + (p0 + i) * os.w] = finish(st[oc * kSegF + i], oc, i);
         }
       }
     }
@@ -569,7 +609,16 @@ struct GradInput {
       auto store = [&](int64_t c, int64_t i) {
         gxp[n * gxs.n + c * gxs.c + iy * gxs.h + (p0 + i) * gxs.w] = T(tile[c * kSegX + i]);
       };
-      if (gxs.w == 1) {
+      if (gxs.c == 1 && std::is_same<T, S>::value) {  // channels_last: a transpose of the tile
+        TransposeArgs<S> t;
+        t.R = p.C_in;
+        t.C = len;
+        t.src = tile.data();
+        t.lds = kSegX;
+        t.dst = reinterpret_cast<S*>(gxp + n * gxs.n + iy * gxs.h + p0 * gxs.w);
+        t.ldd = gxs.w;
+        kern.transpose(t);
+      } else if (gxs.w == 1) {
         for (int64_t c = 0; c < p.C_in; ++c)
           for (int64_t i = 0; i < len; ++i) store(c, i);
       } else {
@@ -613,12 +662,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
       A.b1.assign(mask[2] ? C : 0, 0.0);
       A.w2.assign(mask[3] ? C * L : 0, 0.0);
       A.b2.assign(mask[4] ? C : 0, 0.0);
-      RowCache<S> cache(g);
+      RowCache<S> cache(g, kern);
       RowPrefetch<T> pf_x, pf_g, pf_o;
       GradInput<T, S> gin(g, kern, emit_gx ? gx : Tensor());
       const int64_t Wg = gin.Wg, Lm = gin.Lm;
       const std::vector<const S*>& src = cache.src;
       std::vector<S> y1(need_y1 ? C * kSegB : 0, S(0)), gs(C * kSegB, S(0));
+      std::vector<S> om(relu && gs_.c == 1 ? C * kSegB : 0);  // channels_last out, transposed (ReLU mask)
       std::vector<S> gy1(need_gy1 ? ring * C * Wg : 0, S(0));  // margins stay zero: only [Lm, Lm+W_out) is written
       std::vector<S> accw1(mask[1] ? C * K1 * lanes : 0, S(0)), accw2(mask[3] ? C * L * lanes : 0, S(0));
       std::vector<S> accb1(mask[2] ? C * lanes : 0, S(0)), accb2(mask[4] ? C * lanes : 0, S(0));
@@ -630,7 +680,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
             y1dst[l * M + m] = y1.data() + (l * M + m) * kSegB;
             y1src[m * L + l] = y1.data() + (l * M + m) * kSegB;
           }
-      for (int64_t c2 = 0; c2 < C; ++c2) gsrow[c2] = gs.data() + c2 * kSegB;
+      // gs holds its rows in output-channel order (as grad_out has them); gsrow lists them in
+      // secondary-channel order c2 = m*L + j (the shuffle undone).
+      for (int64_t c2 = 0; c2 < C; ++c2) gsrow[c2] = gs.data() + p.out_channel(c2 / L, c2 % L) * kSegB;
       auto gy1_row = [&](int64_t c1, int64_t oy) { return gy1.data() + ((oy % ring) * C + c1) * Wg; };
       // Bias gradients are row sums: the NT kernel against a row of ones (vectorized, lane sums).
       const std::vector<S> ones(kSegB + kLanes, S(1));
@@ -687,12 +739,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
             const int64_t px = p0 + i;
             S v = S(gp[n * gs_.n + oc * gs_.c + oy * gs_.h + px * gs_.w]);
             if (relu) v = S(outp[n * os.n + oc * os.c + oy * os.h + px * os.w]) > S(0) ? v : S(0);
-            gs[g.c2_of_oc[oc] * kSegB + i] = v;
+            gs[oc * kSegB + i] = v;
           };
           if (gs_.w == 1 && (!relu || os.w == 1)) {  // contiguous rows: vectorizable
             for (int64_t oc = 0; oc < C; ++oc) {
               const T* gr = gp + n * gs_.n + oc * gs_.c + oy * gs_.h + p0;
-              S* d = gs.data() + g.c2_of_oc[oc] * kSegB;
+              S* d = gs.data() + oc * kSegB;
               if (relu) {
                 const T* orow = outp + n * os.n + oc * os.c + oy * os.h + p0;
                 for (int64_t i = 0; i < len; ++i) {  // both loads unconditional: a select, no branch
@@ -701,6 +753,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
                 }
               } else {
                 for (int64_t i = 0; i < len; ++i) d[i] = S(gr[i]);
+              }
+            }
+          } else if (gs_.c == 1 && std::is_same<T, S>::value && (!relu || os.c == 1)) {  // channels_last
+            auto transpose_in = [&](const T* base, const Str& st_, S* dst) {
+              TransposeArgs<S> t;
+              t.R = len;
+              t.C = C;
+              t.src = reinterpret_cast<const S*>(base + n * st_.n + oy * st_.h + p0 * st_.w);
+              t.lds = st_.w;
+              t.dst = dst;
+              t.ldd = kSegB;
+              kern.transpose(t);
+            };
+            transpose_in(gp, gs_, gs.data());
+            if (relu) {
+              transpose_in(outp, os, om.data());
+              for (int64_t oc = 0; oc < C; ++oc) {
+                S* d = gs.data() + oc * kSegB;
+                const S* o = om.data() + oc * kSegB;
+                for (int64_t i = 0; i < len; ++i) d[i] = o[i] > S(0) ? d[i] : S(0);
               }
             }
           } else if (gs_.w == 1) {
