@@ -6,8 +6,8 @@
 Writes bench/results/<device>-<date>.md and .png. Each row names the device, the versions and the
 dtype; speedups are ratios of medians measured in the same run. "% of peak" is the achieved
 GFLOP/s (useful FLOPs of the layer or network: the fused path's recompute is not counted) over the
-FLOP floor's rate, --peak-gflops (default: the 2-core Zen 4 CI machine's 190 GFLOP/s fp32, see
-DESIGN.md section 3); the plot shows it beside the speedups.
+FLOP floor's rate, --peak-gflops (default: the 2-core Zen 4 CI machine's 230 GFLOP/s fp32, as
+measured by bench/tools/fma_peak.c); the plot shows it beside the speedups.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from pathlib import Path
 
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
-DEFAULT_PEAK_GFLOPS = 190.0  # 2 Zen 4 cores x 16 fp32 FMA/cycle x 2 FLOP x ~3 GHz
+# 2 Zen 4 cores x 16 fp32 FMA/cycle x 2 FLOP x ~3.6 GHz: `bench/tools/fma_peak.c 2` measured
+# 229-232 GFLOP/s (117 on one core) on the CI machine.
+DEFAULT_PEAK_GFLOPS = 230.0
 
 
 def load_rows(paths: list[Path]) -> tuple[list[dict], dict]:

@@ -21,7 +21,7 @@ def test_report_tables_plot_and_readme(tmp_path):
     readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\nrest\n")
     assert report.main([str(raw), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)]) == 0
     md = next((tmp_path / "out").glob("cpu-*.md")).read_text()
-    assert "| fused-cpu | 8.00 | 94.4 | 50% | 1.00x | 10 |" in md  # 94.4 of the default 190 GFLOP/s
+    assert "| fused-cpu | 8.00 | 94.4 | 41% | 1.00x | 10 |" in md  # 94.4 of the default 230 GFLOP/s
     assert "| stock-nchw | 120.00 | 6.3 | 3% | 15.00x | 10 |" in md
     assert next((tmp_path / "out").glob("cpu-*.png")).stat().st_size > 1000
     text = readme.read_text()

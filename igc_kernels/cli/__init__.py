@@ -11,6 +11,8 @@ import sys
 
 import torch
 
+from ..runtime import keep_freed_memory
+
 
 class UserError(Exception):
     """An error caused by the command line or the user's files: printed as one line."""
@@ -81,7 +83,11 @@ def prepare_model(model, dtype: torch.dtype):
 
 
 def run_main(fn, argv) -> int:
-    """Call fn(argv); turn UserError (and Ctrl-C) into a one-line message and an exit status."""
+    """Call fn(argv); turn UserError (and Ctrl-C) into a one-line message and an exit status.
+
+    The tools keep freed activation memory mapped (igc_kernels.runtime): without it every layer
+    of every tile re-faults its output pages, which can cost more than the layer's arithmetic."""
+    keep_freed_memory()
     try:
         return fn(argv)
     except UserError as e:
