@@ -1,6 +1,6 @@
 // SIMD microkernels of the fused CPU IGC op, and the run-time choice of instruction set.
 //
-// Two building blocks carry all the arithmetic (see ops.cpp for how the layer maps onto them);
+// Two building blocks carry all the arithmetic (see layer.h for how the layer maps onto them);
 // a blocked transpose moves channels_last rows in and out:
 //   rows GEMM:  dst[i][p] = bias[i] + sum_k w[k*ldw + i] * src[k][soff + p]   (+ res[i][p], relu)
 //               MB output rows from K source rows (pointers, so a row can be any tap of the packed

@@ -1,0 +1,379 @@
+// What the fused CPU kernels of igc_kernels::igc_conv and igc_conv_backward share (forward.cpp,
+// backward.cpp; ops.cpp registers them).
+//
+// One work item is one output row (n, oy). Its input rows are packed into "phase buffers"
+// (packing reads any strides, converts bf16 -> fp32 and writes explicit zero padding; each thread
+// keeps the last kH packed rows, so an input row is packed about once), so every tap
+// (ci, kh, kw) of the primary conv is a plain pointer into our own padded buffer and the layer
+// becomes two small GEMMs per pixel segment (kernels.h):
+//   primary, per group l:   y1[l*M+m][ox]  = b1 + sum_{ci,kh,kw} w1 * src_(ci,kh,kw)[ox]
+//   secondary, per group m: s[m*L+j][ox]   = b2 + sum_l w2[m*L+j][l] * y1[l*M+m][ox]
+// with the output shuffle, residual and activation applied when s is stored. The y1 tile of one
+// segment (C_mid x 64 values) stays in L1/L2, so the forward allocates nothing of activation
+// size besides its output.
+//
+// One primary group (L = 1, a dense conv) folds the per-channel secondary into the primary and
+// runs as one GEMM. Outputs of 16 MiB and more are written with non-temporal stores.
+//
+// The backward recomputes y1 segment by segment, forms grad_y1 through the transposed secondary,
+// reduces the weight gradients with the NT kernel (per-chunk accumulators, folded into double)
+// and keeps the few grad_y1 rows grad_x needs in a ring, from which each input row of grad_x is
+// formed as a correlation of zero-upsampled grad_y1 rows with the flipped primary weights
+// (see backward.cpp): it allocates nothing of activation size besides its outputs.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "igc_conv.h"
+#include "kernels.h"
+
+// at::parallel_for is an inline template: with torch's OpenMP backend its `#pragma omp parallel`
+// is compiled where it is used, so csrc/cpu must be built with -fopenmp or every kernel runs on
+// one thread.
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
+#pragma message("igc_kernels: csrc/cpu is compiled without -fopenmp; the CPU kernels will run on one thread")
+#define IGC_CPU_MULTITHREADED 0
+#else
+#define IGC_CPU_MULTITHREADED 1
+#endif
+
+namespace igc {
+namespace cpu {
+
+using at::Tensor;
+
+constexpr int64_t kLanes = 16;   // widest vector (floats): packed rows are readable this far past their end
+constexpr int64_t kSegF = 64;    // pixels per forward segment (y1 tile: C_mid x 64)
+constexpr int64_t kSegB = 128;   // pixels per backward segment (fewer accumulator round trips)
+constexpr int64_t kSegX = 64;    // pixels per grad_x segment
+constexpr int64_t kFlushPixels = 4096;  // fold float lane accumulators into double this often
+// Outputs at least this big are written with non-temporal stores: they cannot stay in the caches
+// (32 MiB of L3 on the reference machine) until the next layer reads them, and streaming them
+// saves reading every destination line before it is overwritten.
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+struct Str {
+  int64_t n, c, h, w;
+};
+inline Str strides_of(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+template <typename S>
+const Kernels<S>& kernels();
+template <>
+inline const Kernels<float>& kernels<float>() {
+  const Kernels<float>* k = float_kernels();
+  TORCH_CHECK(k != nullptr, "igc_conv (CPU): environment variable IGC_KERNELS_CPU_ISA=",
+              std::getenv("IGC_KERNELS_CPU_ISA"),
+              " names an unknown instruction set or one this CPU lacks; expected generic, avx2, avx512 or auto");
+  return *k;
+}
+template <>
+inline const Kernels<double>& kernels<double>() {
+  return double_kernels();
+}
+
+// Sizes and precomputed tables shared by forward and backward.
+template <typename S>
+struct Layer {
+  IGCConvParams p;
+  int64_t K1 = 0;  // taps per primary output: M_in * kH * kW
+  int64_t Wp = 0;  // packed row length
+  int64_t slot = 0;  // one packed input row, all channels and phases: C_in * sW * Wp
+  std::vector<S> w1, w1T, w2, w2T, b1, b2;  // w1T[l][k][m], w2T[m][l][j] (rows-GEMM layouts)
+  std::vector<S> w1f, bf;                   // L == 1: w1T and bias with the secondary folded in
+  std::vector<int64_t> c2_of_oc;            // secondary channel feeding output channel oc
+  std::vector<int64_t> tap_off, tap_kh;     // tap (c, kh, kw) -> offset in its packed row, kh
+
+  Layer(const IGCConvParams& pp, const Tensor& w1t, const c10::optional<Tensor>& b1t, const Tensor& w2t,
+        const c10::optional<Tensor>& b2t)
+      : p(pp) {
+    const auto st = std::is_same<S, double>::value ? at::kDouble : at::kFloat;
+    auto vec = [&](const Tensor& t) {
+      Tensor c = t.to(st).contiguous();
+      return std::vector<S>(c.data_ptr<S>(), c.data_ptr<S>() + c.numel());
+    };
+    const int64_t L = p.L, M = p.M;
+    K1 = p.M_in * p.kH * p.kW;
+    Wp = round_up(p.W_out + (p.dW * (p.kW - 1)) / p.sW + kLanes, kLanes);
+    slot = p.C_in * p.sW * Wp;
+    w1 = vec(w1t);
+    w2 = vec(w2t);
+    if (b1t) b1 = vec(*b1t);
+    if (b2t) b2 = vec(*b2t);
+    w1T.resize(w1.size());
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t k = 0; k < K1; ++k) w1T[(l * K1 + k) * M + m] = w1[(l * M + m) * K1 + k];
+    w2T.resize(w2.size());
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t j = 0; j < L; ++j)
+        for (int64_t l = 0; l < L; ++l) w2T[(m * L + l) * L + j] = w2[(m * L + j) * L + l];
+    c2_of_oc.resize(p.C_out);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t j = 0; j < L; ++j) c2_of_oc[p.out_channel(m, j)] = m * L + j;
+    if (L == 1) {  // a dense conv: fold the per-channel secondary into the primary (forward)
+      w1f.resize(K1 * M);
+      bf.resize(M);
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t k = 0; k < K1; ++k) w1f[k * M + m] = w1T[k * M + m] * w2[m];
+        bf[m] = (b1.empty() ? S(0) : b1[m] * w2[m]) + (b2.empty() ? S(0) : b2[m]);
+      }
+    }
+    tap_off.resize(p.C_in * p.kH * p.kW);
+    tap_kh.resize(tap_off.size());
+    for (int64_t c = 0; c < p.C_in; ++c)
+      for (int64_t kh = 0; kh < p.kH; ++kh)
+        for (int64_t kw = 0; kw < p.kW; ++kw) {
+          const int64_t r = (kw * p.dW) % p.sW, shift = (kw * p.dW) / p.sW;
+          tap_off[(c * p.kH + kh) * p.kW + kw] = (c * p.sW + r) * Wp + shift;
+          tap_kh[(c * p.kH + kh) * p.kW + kw] = kh;
+        }
+  }
+};
+
+// Packs input row (n, iy) (iy < 0: a zero row): row (c*sW + r) of dst, element j, holds
+// x[n, c, iy, j*sW + r - pW], zero outside the image.
+template <typename T, typename S>
+void pack_row(const Layer<S>& g, const Kernels<S>& kern, const T* x, const Str& xs, int64_t n, int64_t iy, S* dst) {
+  const IGCConvParams& p = g.p;
+  const int64_t Wp = g.Wp;
+  if (iy < 0) {
+    std::fill(dst, dst + g.slot, S(0));
+    return;
+  }
+  const T* xr = x + n * xs.n + iy * xs.h;
+  if (xs.c == 1 && p.C_in > 1 && p.sW == 1 && std::is_same<T, S>::value) {  // channels_last: a transpose
+    const int64_t j0 = std::min(Wp, p.pW), j1 = std::max(j0, std::min(Wp, p.W + p.pW));  // columns inside the image
+    TransposeArgs<S> a;
+    a.R = j1 - j0;
+    a.C = p.C_in;
+    a.src = reinterpret_cast<const S*>(xr + (j0 - p.pW) * xs.w);
+    a.lds = xs.w;
+    a.dst = dst + j0;
+    a.ldd = Wp;
+    kern.transpose(a);
+    for (int64_t c = 0; c < p.C_in; ++c) {
+      std::fill(dst + c * Wp, dst + c * Wp + j0, S(0));
+      std::fill(dst + c * Wp + j1, dst + (c + 1) * Wp, S(0));
+    }
+    return;
+  }
+  if (xs.c == 1 && p.C_in > 1) {  // channels_last, strided or converted: read pixels contiguously, scatter to rows
+    for (int64_t r = 0; r < p.sW; ++r)
+      for (int64_t j = 0; j < Wp; ++j) {
+        const int64_t ix = j * p.sW + r - p.pW;
+        const bool in = ix >= 0 && ix < p.W;
+        const T* xp = xr + (in ? ix * xs.w : 0);
+        S* d = dst + r * Wp + j;
+        const int64_t step = p.sW * Wp;
+        if (in) {
+          for (int64_t c = 0; c < p.C_in; ++c) d[c * step] = S(xp[c]);
+        } else {
+          for (int64_t c = 0; c < p.C_in; ++c) d[c * step] = S(0);
+        }
+      }
+    return;
+  }
+  for (int64_t c = 0; c < p.C_in; ++c) {
+    const T* xc = xr + c * xs.c;
+    for (int64_t r = 0; r < p.sW; ++r) {
+      S* b = dst + (c * p.sW + r) * Wp;
+      // j with 0 <= j*sW + r - pW < W
+      const int64_t j0 = std::min(Wp, std::max<int64_t>(0, (p.pW - r + p.sW - 1) / p.sW));
+      const int64_t last = p.W - 1 + p.pW - r;  // j*sW <= last
+      const int64_t j1 = std::max(j0, std::min(Wp, last < 0 ? 0 : last / p.sW + 1));
+      std::fill(b, b + j0, S(0));
+      if (xs.w == 1 && p.sW == 1) {
+        const T* src = xc + (j0 - p.pW);
+        if (std::is_same<T, S>::value) {
+          std::memcpy(b + j0, src, (j1 - j0) * sizeof(S));
+        } else {
+          for (int64_t j = j0; j < j1; ++j) b[j] = S(src[j - j0]);
+        }
+      } else {
+        for (int64_t j = j0; j < j1; ++j) b[j] = S(xc[(j * p.sW + r - p.pW) * xs.w]);
+      }
+      std::fill(b + j1, b + Wp, S(0));
+    }
+  }
+}
+
+// The packed input rows of one thread: kH slots, each holding one packed input row, reused
+// while consecutive output rows share input rows. prepare() points src at the taps of row (n, oy).
+template <typename S>
+struct RowCache {
+  const Layer<S>& g;
+  const Kernels<S>& kern;
+  std::vector<S> buf;  // kH slots of one packed input row each
+  std::vector<int64_t> tag;  // input row held by each slot: n*H + iy, -1 zero row, -2 nothing
+  std::vector<const S*> src;  // per tap (c, kh, kw)
+  std::vector<int64_t> want, slot_of;  // scratch of prepare(), per kernel row
+  std::vector<char> used;              // scratch of prepare(), per slot
+
+  RowCache(const Layer<S>& layer, const Kernels<S>& k)
+      : g(layer),
+        kern(k),
+        buf(layer.p.kH * layer.slot),
+        tag(layer.p.kH, -2),
+        src(layer.tap_off.size()),
+        want(layer.p.kH),
+        slot_of(layer.p.kH),
+        used(layer.p.kH) {}
+
+  template <typename T>
+  void prepare(const T* x, const Str& xs, int64_t n, int64_t oy) {
+    const IGCConvParams& p = g.p;
+    const int64_t kH = p.kH;
+    std::fill(slot_of.begin(), slot_of.end(), -1);
+    std::fill(used.begin(), used.end(), 0);
+    for (int64_t kh = 0; kh < kH; ++kh) {
+      const int64_t iy = oy * p.sH - p.pH + kh * p.dH;
+      want[kh] = iy >= 0 && iy < p.H ? n * p.H + iy : -1;
+      for (int64_t s = 0; s < kH; ++s)
+        if (tag[s] == want[kh]) {
+          slot_of[kh] = s;
+          used[s] = 1;
+          break;
+        }
+    }
+    for (int64_t kh = 0; kh < kH; ++kh) {
+      if (slot_of[kh] >= 0) continue;
+      int64_t s = 0;
+      while (used[s]) ++s;  // a free slot exists: kH slots, at most kH distinct rows wanted
+      used[s] = 1;
+      tag[s] = want[kh];
+      pack_row<T, S>(g, kern, x, xs, n, want[kh] < 0 ? -1 : want[kh] - n * p.H, buf.data() + s * g.slot);
+      for (int64_t k2 = kh; k2 < kH; ++k2)
+        if (want[k2] == want[kh]) slot_of[k2] = s;
+    }
+    for (size_t t = 0; t < src.size(); ++t) src[t] = buf.data() + slot_of[g.tap_kh[t]] * g.slot + g.tap_off[t];
+  }
+};
+
+// An asm statement because GCC drops __builtin_prefetch loops it deems side-effect free.
+inline void prefetch_l2(const void* a) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(a)));
+#else
+  __builtin_prefetch(a, 0, 2);
+#endif
+}
+
+// Software prefetch (into L2) of one tensor row that the next output row will read, spread over
+// the kernel calls of the current row. Rows of activations are read once and each channel's run
+// lies in its own page, so the hardware prefetchers do not fetch them ahead; without this the
+// forward's packing of each new input row waited on DRAM (about a quarter of the forward at
+// 1x96x256x256), and so did the backward's reads of grad_out and out.
+// fetch(p0, len, part, parts): piece `part` of `parts` of the columns that output segment
+// [p0, p0 + len) reads (columns scale * [p0, p0 + len)); planar rows split by channel,
+// channels_last rows split their contiguous pixels. Other layouts are not prefetched.
+template <typename T>
+struct RowPrefetch {
+  const T* row = nullptr;  // row (n, y) of the tensor; null: nothing to fetch
+  int64_t cs = 0, C = 0, W = 0, scale = 1;
+  bool planar = true;
+  int64_t cached_parts = 0, per = 0, extra = 0;  // planar: channels per part
+
+  void set(const T* base, const Str& s, int64_t C_, int64_t H, int64_t W_, int64_t n, int64_t y, int64_t scale_) {
+    planar = s.w == 1;
+    const bool layout_ok = planar || (s.c == 1 && s.w == C_);
+    row = base && layout_ok && y >= 0 && y < H ? base + n * s.n + y * s.h : nullptr;
+    cs = s.c;
+    if (C != C_) cached_parts = 0;
+    C = C_;
+    W = W_;
+    scale = scale_;
+  }
+  void fetch(int64_t p0, int64_t len, int64_t part, int64_t parts) {
+    if (!row) return;
+    constexpr int64_t line = 64 / sizeof(T);
+    const int64_t x0 = std::min(W, p0 * scale), x1 = std::min(W, (p0 + len) * scale);
+    if (planar) {
+      if (parts != cached_parts) {  // called once per kernel call: no divisions in the common case
+        cached_parts = parts;
+        per = C / parts;
+        extra = C % parts;
+      }
+      const int64_t c0 = part * per + std::min(part, extra), c1 = c0 + per + (part < extra ? 1 : 0);
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t ix = x0; ix < x1; ix += line) prefetch_l2(row + c * cs + ix);
+    } else {
+      const T* a = row + x0 * C;
+      const int64_t total = (x1 - x0) * C;
+      for (int64_t i = part * total / parts / line * line; i < (part + 1) * total / parts; i += line) prefetch_l2(a + i);
+    }
+  }
+};
+
+// Work items per parallel chunk: enough that tiny layers run on one thread.
+inline int64_t grain_for(int64_t cost_per_item) { return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, cost_per_item)); }
+
+// The primary conv of one row segment [p0, p0 + len): for each group l, y1 rows l*M .. l*M+M-1
+// (+ b1) from the group's K1 packed taps. Shared by the forward and the backward's recompute.
+// `between(l)` runs before group l (the forward's prefetch).
+template <typename S, typename Between>
+void primary_segment(const Layer<S>& g, const Kernels<S>& kern, const S* const* src, S* const* y1dst, int64_t p0,
+                     int64_t len, Between&& between) {
+  const int64_t M = g.p.M, K1 = g.K1;
+  RowsArgs<S> a;
+  a.MB = M;
+  a.K = K1;
+  a.P = len;
+  a.ldw = M;
+  a.soff = p0;
+  for (int64_t l = 0; l < g.p.L; ++l) {
+    between(l);
+    a.w = g.w1T.data() + l * K1 * M;
+    a.bias = g.b1.empty() ? nullptr : g.b1.data() + l * M;
+    a.src = src + l * K1;
+    a.dst = y1dst + l * M;
+    kern.rows(a);
+  }
+}
+
+// float32 and float64 compute in their own type; bfloat16 is read and written as bf16 and
+// computed in float32.
+#define IGC_CPU_DISPATCH(dtype, NAME, ...)                                                              \
+  switch (dtype) {                                                                                      \
+    case at::kFloat: {                                                                                  \
+      using T = float;                                                                                  \
+      using S = float;                                                                                  \
+      return __VA_ARGS__();                                                                             \
+    }                                                                                                   \
+    case at::kDouble: {                                                                                 \
+      using T = double;                                                                                 \
+      using S = double;                                                                                 \
+      return __VA_ARGS__();                                                                             \
+    }                                                                                                   \
+    case at::kBFloat16: {                                                                               \
+      using T = c10::BFloat16;                                                                          \
+      using S = float;                                                                                  \
+      return __VA_ARGS__();                                                                             \
+    }                                                                                                   \
+    default:                                                                                            \
+      TORCH_CHECK(false, NAME " (CPU): x must be float32, float64 or bfloat16, got ", dtype);          \
+  }
+
+// The entry points (forward.cpp, backward.cpp), for parameters ops.cpp has checked.
+Tensor forward(const IGCConvParams& p, const Tensor& x, const Tensor& w1, const c10::optional<Tensor>& b1,
+               const Tensor& w2, const c10::optional<Tensor>& b2, const c10::optional<Tensor>& residual);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(const IGCConvParams& p, const Tensor& grad_out,
+                                                            const Tensor& x, const Tensor& w1,
+                                                            const c10::optional<Tensor>& b1, const Tensor& w2,
+                                                            const c10::optional<Tensor>& out,
+                                                            const std::array<bool, 5>& mask);
+
+}  // namespace cpu
+}  // namespace igc
