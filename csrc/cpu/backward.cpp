@@ -40,7 +40,7 @@ struct GradInput {
   Str gxs;
   bool direct;
   int64_t base, Lm, Wg, Wz, Kx;
-  std::vector<S> Z, tile;
+  LineVec<S> Z, tile;
   // Flipped primary weights per set of valid kernel rows (bit kh): interior rows all share one
   // set, so each table is built once rather than for every row (3.5k scalar writes per row).
   std::vector<std::pair<uint64_t, std::vector<S>>> wg_of;
@@ -54,7 +54,7 @@ struct GradInput {
     gxs = gx.defined() ? strides_of(gx) : Str{0, 0, 0, 0};
     direct = std::is_same<T, S>::value && gxs.w == 1;
     base = p.pW - (p.kW - 1) * p.dW;
-    Lm = std::max<int64_t>(0, -base);
+    Lm = round_up(std::max<int64_t>(0, -base), kLanes);  // whole vectors: grad_y1 rows are written aligned
     Wg = round_up(Lm + std::max(p.W_out, p.W + p.pW + kLanes), kLanes);
     Wz = round_up(p.W + (p.kW - 1) * p.dW + kLanes, kLanes);
     Kx = p.M * p.kH * p.kW;
@@ -206,11 +206,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
       GradInput<T, S> gin(g, kern, emit_gx ? gx : Tensor());
       const int64_t Wg = gin.Wg, Lm = gin.Lm;
       const std::vector<const S*>& src = cache.src;
-      std::vector<S> y1(need_y1 ? C * kSegB : 0, S(0)), gs(C * kSegB, S(0));
-      std::vector<S> om(relu && gs_.c == 1 ? C * kSegB : 0);  // channels_last out, transposed (ReLU mask)
-      std::vector<S> gy1(need_gy1 ? ring * C * Wg : 0, S(0));  // margins stay zero: only [Lm, Lm+W_out) is written
-      std::vector<S> accw1(mask[1] ? C * K1 * lanes : 0, S(0)), accw2(mask[3] ? C * L * lanes : 0, S(0));
-      std::vector<S> accb1(mask[2] ? C * lanes : 0, S(0)), accb2(mask[4] ? C * lanes : 0, S(0));
+      LineVec<S> y1(need_y1 ? C * kSegB : 0, S(0)), gs(C * kSegB, S(0));
+      LineVec<S> om(relu && gs_.c == 1 ? C * kSegB : 0);  // channels_last out, transposed (ReLU mask)
+      LineVec<S> gy1(need_gy1 ? ring * C * Wg : 0, S(0));  // margins stay zero: only [Lm, Lm+W_out) is written
+      LineVec<S> accw1(mask[1] ? C * K1 * lanes : 0, S(0)), accw2(mask[3] ? C * L * lanes : 0, S(0));
+      LineVec<S> accb1(mask[2] ? C * lanes : 0, S(0)), accb2(mask[4] ? C * lanes : 0, S(0));
       std::vector<const S*> y1src(C), gsrow(C), gy1row(C);
       std::vector<S*> y1dst(C), gy1dst(C);
       for (int64_t l = 0; l < L; ++l)
@@ -237,7 +237,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
         a.ld = 1;
         kern.nt(a);
       };
-      auto flush = [&](std::vector<S>& acc, std::vector<double>& dst) {
+      auto flush = [&](LineVec<S>& acc, std::vector<double>& dst) {
         for (size_t e = 0; e < dst.size(); ++e) {
           double s = 0;
           for (int64_t v = 0; v < lanes; ++v) s += double(acc[e * lanes + v]);

@@ -31,7 +31,7 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
     RowCache<S> cache(g, kern);
     RowPrefetch<T> next;  // the input row the next output row adds to the cache
     const std::vector<const S*>& src = cache.src;
-    std::vector<S> y1(L > 1 ? C * kSegF : 0, S(0)), st(direct ? 0 : C * kSegF, S(0));  // L == 1: no y1 tile
+    LineVec<S> y1(L > 1 ? C * kSegF : 0, S(0)), st(direct ? 0 : C * kSegF, S(0));  // L == 1: no y1 tile
     std::vector<const S*> y1src(C), res(C);
     std::vector<S*> y1dst(C), dst(C);
     for (int64_t l = 0; l < L && L > 1; ++l)

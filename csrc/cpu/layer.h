@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <new>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -63,6 +64,25 @@ constexpr int64_t kFlushPixels = 4096;  // fold float lane accumulators into dou
 constexpr int64_t kStreamBytes = int64_t(16) << 20;
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// Storage aligned to a 64-byte cache line. Tiles, rings and accumulators are read and written in
+// whole vectors at multiples of 16 floats from their start; an aligned start keeps each of those
+// accesses inside one cache line (misaligned, every 64-byte load and store touches two).
+template <typename T>
+struct LineAllocator {
+  typedef T value_type;
+  LineAllocator() = default;
+  template <typename U>
+  LineAllocator(const LineAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <typename U>
+  bool operator==(const LineAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const LineAllocator<U>&) const { return false; }
+};
+template <typename T>
+using LineVec = std::vector<T, LineAllocator<T>>;
 
 struct Str {
   int64_t n, c, h, w;
