@@ -187,8 +187,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
   Tensor empty = at::empty({0}, x.options());
   Tensor gx = mask[0] ? at::empty_like(x, x.options().memory_format(x.suggest_memory_format())) : empty;
   const bool emit_gx = mask[0] && gx.numel() > 0;
-  // grad_y1 rows an input row depends on span at most this many consecutive output rows.
-  const int64_t ring = emit_gx ? (p.kH - 1) * p.dH / p.sH + 2 : 1;
+  // Short rows (one segment each) are summed into the weight gradients `batch` rows at a time,
+  // so the NT kernel's accumulators make one round trip per batch instead of one per row.
+  const int64_t batch = p.W_out <= kSegB / 2 ? std::min<int64_t>(4, std::max<int64_t>(1, 160 / p.W_out)) : 1;
+  // grad_y1 rows an input row depends on span at most this many consecutive output rows; the
+  // rows of a pending batch stay too.
+  const int64_t ring = std::max(batch, emit_gx ? (p.kH - 1) * p.dH / p.sH + 2 : 1);
+  const int64_t ld = std::min(kSegB, round_up(p.W_out, kLanes));  // row stride of the gs / y1 tiles
 
   const int64_t cost = p.W_out * C * (K1 + L) * 4;
   int64_t chunks = std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(1, rows * cost >> 20));
@@ -201,38 +206,45 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
       A.b1.assign(mask[2] ? C : 0, 0.0);
       A.w2.assign(mask[3] ? C * L : 0, 0.0);
       A.b2.assign(mask[4] ? C : 0, 0.0);
-      RowCache<S> cache(g, kern);
+      RowCache<S> cache(g, kern, (batch - 1) * p.kH);
       RowPrefetch<T> pf_x, pf_g, pf_o;
       GradInput<T, S> gin(g, kern, emit_gx ? gx : Tensor());
       const int64_t Wg = gin.Wg, Lm = gin.Lm;
       const std::vector<const S*>& src = cache.src;
-      LineVec<S> y1(need_y1 ? C * kSegB : 0, S(0)), gs(C * kSegB, S(0));
-      LineVec<S> om(relu && gs_.c == 1 ? C * kSegB : 0);  // channels_last out, transposed (ReLU mask)
+      // Per batch slot b: the gs and y1 tiles (C rows of ld), their row lists, and the grad_y1 rows
+      // and taps that the weight sums of the row in slot b read.
+      LineVec<S> y1(need_y1 ? batch * C * ld : 0, S(0)), gs(batch * C * ld, S(0));
+      LineVec<S> om(relu && gs_.c == 1 ? C * ld : 0);  // channels_last out, transposed (ReLU mask)
       LineVec<S> gy1(need_gy1 ? ring * C * Wg : 0, S(0));  // margins stay zero: only [Lm, Lm+W_out) is written
       LineVec<S> accw1(mask[1] ? C * K1 * lanes : 0, S(0)), accw2(mask[3] ? C * L * lanes : 0, S(0));
       LineVec<S> accb1(mask[2] ? C * lanes : 0, S(0)), accb2(mask[4] ? C * lanes : 0, S(0));
-      std::vector<const S*> y1src(C), gsrow(C), gy1row(C);
-      std::vector<S*> y1dst(C), gy1dst(C);
-      for (int64_t l = 0; l < L; ++l)
-        for (int64_t m = 0; m < M; ++m)
-          if (need_y1) {
-            y1dst[l * M + m] = y1.data() + (l * M + m) * kSegB;
-            y1src[m * L + l] = y1.data() + (l * M + m) * kSegB;
-          }
-      // gs holds its rows in output-channel order (as grad_out has them); gsrow lists them in
-      // secondary-channel order c2 = m*L + j (the shuffle undone).
-      for (int64_t c2 = 0; c2 < C; ++c2) gsrow[c2] = gs.data() + p.out_channel(c2 / L, c2 % L) * kSegB;
+      std::vector<const S*> y1src(batch * C), gsrow(batch * C), gy1row(batch * C), taps(batch * L * K1);
+      std::vector<S*> y1dst(batch * C), gy1dst(C);
+      for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t l = 0; l < L; ++l)
+          for (int64_t m = 0; m < M; ++m)
+            if (need_y1) {
+              y1dst[b * C + l * M + m] = y1.data() + (b * C + l * M + m) * ld;
+              y1src[b * C + m * L + l] = y1.data() + (b * C + l * M + m) * ld;
+            }
+        // gs holds its rows in output-channel order (as grad_out has them); gsrow lists them in
+        // secondary-channel order c2 = m*L + j (the shuffle undone).
+        for (int64_t c2 = 0; c2 < C; ++c2) gsrow[b * C + c2] = gs.data() + (b * C + p.out_channel(c2 / L, c2 % L)) * ld;
+      }
       auto gy1_row = [&](int64_t c1, int64_t oy) { return gy1.data() + ((oy % ring) * C + c1) * Wg; };
       // Bias gradients are row sums: the NT kernel against a row of ones (vectorized, lane sums).
       const std::vector<S> ones(kSegB + kLanes, S(1));
       const S* ones_row = ones.data();
-      auto row_sums = [&](const S* const* rows_, int64_t len, S* acc) {
+      auto row_sums = [&](const S* const* rows_, int64_t len, int64_t nseg, S* acc) {
         NtArgs<S> a;
         a.MA = C;
         a.NB = 1;
         a.P = len;
         a.a = rows_;
         a.b = &ones_row;
+        a.nseg = nseg;
+        a.sa = C;
+        a.sb = 0;
         a.acc = acc;
         a.ld = 1;
         kern.nt(a);
@@ -253,6 +265,55 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
       };
       int64_t pending = 0;
 
+      // The weight and bias sums of the nb segments waiting in batch slots 0..nb-1 (each `len`
+      // pixels; their taps read from column boff).
+      int64_t nb = 0, nb_len = 0, nb_boff = 0;
+      auto weight_sums = [&] {
+        if (nb == 0) return;
+        const int64_t len = nb_len;
+        if (mask[4]) row_sums(gsrow.data(), len, nb, accb2.data());
+        if (mask[3]) {  // grad_w2[m*L+j][l] += sum_px gs[m*L+j] * y1[l*M+m]
+          NtArgs<S> a;
+          a.MA = L;
+          a.NB = L;
+          a.P = len;
+          a.ld = L;
+          a.nseg = nb;
+          a.sa = C;
+          a.sb = C;
+          for (int64_t m = 0; m < M; ++m) {
+            a.a = gsrow.data() + m * L;
+            a.b = y1src.data() + m * L;
+            a.acc = accw2.data() + m * L * L * lanes;
+            kern.nt(a);
+          }
+        }
+        if (mask[2]) row_sums(gy1row.data(), len, nb, accb1.data());
+        if (mask[1]) {  // grad_w1[l*M+m][k] += sum_px gy1[l*M+m] * src_k
+          NtArgs<S> b;
+          b.MA = M;
+          b.NB = K1;
+          b.P = len;
+          b.ld = K1;
+          b.boff = nb_boff;
+          b.nseg = nb;
+          b.sa = C;
+          b.sb = L * K1;
+          for (int64_t l = 0; l < L; ++l) {
+            b.a = gy1row.data() + l * M;
+            b.b = taps.data() + l * K1;
+            b.acc = accw1.data() + l * M * K1 * lanes;
+            kern.nt(b);
+          }
+        }
+        pending += nb * len;
+        nb = 0;
+        if (pending >= kFlushPixels) {
+          flush_all();
+          pending = 0;
+        }
+      };
+
       // Output row oy of image n: gs, grad_y1 (into the ring), and when `owned` the weight sums.
       auto output_row = [&](int64_t n, int64_t oy, bool owned) {
         if (owned && need_pack) cache.template prepare<T>(xp, xs, n, oy);
@@ -269,8 +330,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
         };
         for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegB) {
           const int64_t len = std::min(kSegB, p.W_out - p0);
+          const int64_t slot = nb;  // batch slot of this segment's tiles (nb < batch here)
+          S* gst = gs.data() + slot * C * ld;
           if (owned && need_y1) {  // recompute y1
-            primary_segment(g, kern, src.data(), y1dst.data(), p0, len, [&](int64_t l) { prefetch(p0, len, l, L); });
+            primary_segment(g, kern, src.data(), y1dst.data() + slot * C, p0, len,
+                            [&](int64_t l) { prefetch(p0, len, l, L); });
           } else {
             prefetch(p0, len, 0, 1);
           }
@@ -278,12 +342,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
             const int64_t px = p0 + i;
             S v = S(gp[n * gs_.n + oc * gs_.c + oy * gs_.h + px * gs_.w]);
             if (relu) v = S(outp[n * os.n + oc * os.c + oy * os.h + px * os.w]) > S(0) ? v : S(0);
-            gs[oc * kSegB + i] = v;
+            gst[oc * ld + i] = v;
           };
           if (gs_.w == 1 && (!relu || os.w == 1)) {  // contiguous rows: vectorizable
             for (int64_t oc = 0; oc < C; ++oc) {
               const T* gr = gp + n * gs_.n + oc * gs_.c + oy * gs_.h + p0;
-              S* d = gs.data() + oc * kSegB;
+              S* d = gst + oc * ld;
               if (relu) {
                 const T* orow = outp + n * os.n + oc * os.c + oy * os.h + p0;
                 for (int64_t i = 0; i < len; ++i) {  // both loads unconditional: a select, no branch
@@ -302,15 +366,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
               t.src = reinterpret_cast<const S*>(base + n * st_.n + oy * st_.h + p0 * st_.w);
               t.lds = st_.w;
               t.dst = dst;
-              t.ldd = kSegB;
+              t.ldd = ld;
               kern.transpose(t);
             };
-            transpose_in(gp, gs_, gs.data());
+            transpose_in(gp, gs_, gst);
             if (relu) {
               transpose_in(outp, os, om.data());
               for (int64_t oc = 0; oc < C; ++oc) {
-                S* d = gs.data() + oc * kSegB;
-                const S* o = om.data() + oc * kSegB;
+                S* d = gst + oc * ld;
+                const S* o = om.data() + oc * ld;
                 for (int64_t i = 0; i < len; ++i) d[i] = o[i] > S(0) ? d[i] : S(0);
               }
             }
@@ -321,25 +385,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
             for (int64_t i = 0; i < len; ++i)
               for (int64_t oc = 0; oc < C; ++oc) load(oc, i);
           }
-          if (owned && mask[4]) row_sums(gsrow.data(), len, accb2.data());
-          if (owned && mask[3]) {  // grad_w2[m*L+j][l] += sum_px gs[m*L+j] * y1[l*M+m]
-            NtArgs<S> a;
-            a.MA = L;
-            a.NB = L;
-            a.P = len;
-            a.ld = L;
-            for (int64_t m = 0; m < M; ++m) {
-              a.a = gsrow.data() + m * L;
-              a.b = y1src.data() + m * L;
-              a.acc = accw2.data() + m * L * L * lanes;
-              kern.nt(a);
-            }
-          }
           if (need_gy1 && (owned || emit_gx)) {
             for (int64_t l = 0; l < L; ++l)
               for (int64_t m = 0; m < M; ++m) {
                 S* r = gy1_row(l * M + m, oy) + Lm + p0;
-                gy1row[l * M + m] = r;
+                gy1row[slot * C + l * M + m] = r;
                 gy1dst[m * L + l] = r;
               }
             RowsArgs<S> a;  // gy1[l*M+m] = sum_j w2[m*L+j][l] * gs[m*L+j]
@@ -349,30 +399,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
             a.ldw = L;
             for (int64_t m = 0; m < M; ++m) {
               a.w = g.w2.data() + m * L * L;
-              a.src = gsrow.data() + m * L;
+              a.src = gsrow.data() + slot * C + m * L;
               a.dst = gy1dst.data() + m * L;
               kern.rows(a);
             }
-            if (owned && mask[2]) row_sums(gy1row.data(), len, accb1.data());
-            if (owned && mask[1]) {  // grad_w1[l*M+m][k] += sum_px gy1[l*M+m] * src_k
-              NtArgs<S> b;
-              b.MA = M;
-              b.NB = K1;
-              b.P = len;
-              b.ld = K1;
-              b.boff = p0;
-              for (int64_t l = 0; l < L; ++l) {
-                b.a = gy1row.data() + l * M;
-                b.b = src.data() + l * K1;
-                b.acc = accw1.data() + l * M * K1 * lanes;
-                kern.nt(b);
-              }
-            }
           }
-          if (owned) pending += len;
-          if (pending >= kFlushPixels) {
-            flush_all();
-            pending = 0;
+          if (owned) {  // this segment's weight sums: now, or with the next rows of the batch
+            std::copy(src.begin(), src.end(), taps.begin() + slot * L * K1);
+            nb_len = len;
+            nb_boff = p0;
+            if (++nb == batch) weight_sums();
           }
         }
       };
@@ -395,7 +431,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
           output_row(n, oy, oy >= o0);
           for (; iy < i1 && gin.last(iy) <= oy; ++iy) gin.emit(n, iy, gy1_row);
         }
+        weight_sums();  // a batch never spans images: the ring and the row cache move on
       }
+      weight_sums();
       flush_all();
     }
   });

@@ -5,7 +5,7 @@
 //   rows GEMM:  dst[i][p] = bias[i] + sum_k w[k*ldw + i] * src[k][soff + p]   (+ res[i][p], relu)
 //               MB output rows from K source rows (pointers, so a row can be any tap of the packed
 //               input), register-blocked over output rows x pixel vectors.
-//   NT reduce:  acc[i][j] += sum_p a[i][aoff + p] * b[j][boff + p]   (weight gradients)
+//   NT reduce:  acc[i][j] += sum_s sum_p a_s[i][aoff + p] * b_s[j][boff + p]   (weight gradients)
 //               kept as per-lane partial sums (acc holds VL lanes per entry) so no horizontal sum
 //               is needed per segment; the caller folds the lanes into double now and then.
 //
@@ -42,6 +42,9 @@ struct NtArgs {
   int64_t aoff = 0;
   const S* const* b = nullptr;  // NB rows, read on [boff, boff + P)
   int64_t boff = 0;
+  // Several segments summed in one call (short rows: the accumulators stay in registers over all
+  // of them): segment s reads rows a[s * sa + i] and b[s * sb + j], on the same ranges.
+  int64_t nseg = 1, sa = 0, sb = 0;
   S* acc = nullptr;  // lanes of entry (i, j) at acc[(i * ld + j) * lanes]
   int64_t ld = 0;
 };

@@ -230,38 +230,47 @@ void pack_row(const Layer<S>& g, const Kernels<S>& kern, const T* x, const Str& 
   }
 }
 
-// The packed input rows of one thread: kH slots, each holding one packed input row, reused
-// while consecutive output rows share input rows. prepare() points src at the taps of row (n, oy).
+// The packed input rows of one thread: kH (+ extra) slots, each holding one packed input row,
+// reused while consecutive output rows share input rows. prepare() points src at the taps of row
+// (n, oy).
 template <typename S>
 struct RowCache {
   const Layer<S>& g;
   const Kernels<S>& kern;
-  std::vector<S> buf;  // kH slots of one packed input row each
-  std::vector<int64_t> tag;  // input row held by each slot: n*H + iy, -1 zero row, -2 nothing
+  int64_t slots;
+  std::vector<S> buf;  // `slots` slots of one packed input row each
+  std::vector<int64_t> tag;    // input row held by each slot: n*H + iy, -1 zero row, -2 nothing
+  std::vector<int64_t> stamp;  // prepare() call that last used each slot (-1: never)
+  int64_t calls = 0;
   std::vector<const S*> src;  // per tap (c, kh, kw)
   std::vector<int64_t> want, slot_of;  // scratch of prepare(), per kernel row
   std::vector<char> used;              // scratch of prepare(), per slot
 
-  RowCache(const Layer<S>& layer, const Kernels<S>& k)
+  // extra = (b - 1) * kH keeps the taps of the last b output rows valid (the backward sums the
+  // weight gradients of several short rows at once).
+  RowCache(const Layer<S>& layer, const Kernels<S>& k, int64_t extra = 0)
       : g(layer),
         kern(k),
-        buf(layer.p.kH * layer.slot),
-        tag(layer.p.kH, -2),
+        slots(layer.p.kH + extra),
+        buf(slots * layer.slot),
+        tag(slots, -2),
+        stamp(slots, -1),
         src(layer.tap_off.size()),
         want(layer.p.kH),
         slot_of(layer.p.kH),
-        used(layer.p.kH) {}
+        used(slots) {}
 
   template <typename T>
   void prepare(const T* x, const Str& xs, int64_t n, int64_t oy) {
     const IGCConvParams& p = g.p;
     const int64_t kH = p.kH;
+    ++calls;
     std::fill(slot_of.begin(), slot_of.end(), -1);
     std::fill(used.begin(), used.end(), 0);
     for (int64_t kh = 0; kh < kH; ++kh) {
       const int64_t iy = oy * p.sH - p.pH + kh * p.dH;
       want[kh] = iy >= 0 && iy < p.H ? n * p.H + iy : -1;
-      for (int64_t s = 0; s < kH; ++s)
+      for (int64_t s = 0; s < slots; ++s)
         if (tag[s] == want[kh]) {
           slot_of[kh] = s;
           used[s] = 1;
@@ -270,14 +279,19 @@ struct RowCache {
     }
     for (int64_t kh = 0; kh < kH; ++kh) {
       if (slot_of[kh] >= 0) continue;
-      int64_t s = 0;
-      while (used[s]) ++s;  // a free slot exists: kH slots, at most kH distinct rows wanted
+      // The least recently used slot this row does not use: rows the previous output rows read
+      // were used more recently than any row none of them reads (at most kH distinct rows are
+      // wanted per call, so such a slot exists).
+      int64_t s = -1;
+      for (int64_t t = 0; t < slots; ++t)
+        if (!used[t] && (s < 0 || stamp[t] < stamp[s])) s = t;
       used[s] = 1;
       tag[s] = want[kh];
       pack_row<T, S>(g, kern, x, xs, n, want[kh] < 0 ? -1 : want[kh] - n * p.H, buf.data() + s * g.slot);
       for (int64_t k2 = kh; k2 < kH; ++k2)
         if (want[k2] == want[kh]) slot_of[k2] = s;
     }
+    for (int64_t kh = 0; kh < kH; ++kh) stamp[slot_of[kh]] = calls;
     for (size_t t = 0; t < src.size(); ++t) src[t] = buf.data() + slot_of[g.tap_kh[t]] * g.slot + g.tap_off[t];
   }
 };
