@@ -6,9 +6,11 @@ Peers (bench/providers.py): the fused kernel (backend "cpu"), the stock block (g
 view/transpose + grouped 1x1 + shuffle + ReLU) in NCHW and channels_last, torch.compile of the
 stock block, and the dense nn.Conv2d(C, C, 3, padding=1) + ReLU that the IGC layer replaces.
 fp32, k=3, padding 1, ReLU. Times are medians of --repeats calls after warm-up; the machine is
-shared, so read the ratios (all measured in this run), not the absolute times. The process keeps
-freed memory mapped (igc_kernels.runtime.keep_freed_memory), so no provider's time includes
-page faults on fresh outputs.
+shared, so read the ratios (all measured in this run), not the absolute times. By default the
+process keeps glibc's allocator defaults (freed activations are unmapped, so each new one is
+page-faulted again: a cost that grows with the number of intermediates a path allocates);
+--keep-freed-memory runs every provider with freed memory kept mapped instead
+(igc_kernels.runtime.keep_freed_memory, the setting of the command-line tools).
 
 FLOP counts: forward = 2 x MACs (5,760 MACs per pixel for C=96, L=24, M=4); forward+backward =
 3 x forward (grad x and grad w of both convs; the fused backward also recomputes the primary conv,
@@ -112,6 +114,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20, help="timed calls per provider and mode (>= 10)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--skip", default="", help="comma-separated providers to leave out (e.g. stock-compile)")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="keep freed memory mapped for every provider (igc_kernels.runtime; default: glibc's defaults)")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -123,8 +127,9 @@ def main() -> None:
     if args.repeats < 10:
         ap.error("--repeats must be >= 10")
     # All timed providers share this process and its allocator setting (igc_kernels/runtime.py);
-    # the peak-memory children above keep glibc's defaults.
-    keep_freed_memory()
+    # the peak-memory children keep glibc's defaults.
+    if args.keep_freed_memory:
+        keep_freed_memory()
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     results = {}
@@ -146,7 +151,9 @@ def main() -> None:
     fwd_flops = shape.flops("forward")
     px = N * H * W
     print(f"## IGC layer on CPU: {shape}, k=3, L={args.L}, M={shape.M}, ReLU, fp32, {args.threads} threads\n")
-    print(f"torch {torch.__version__}, fused kernel ISA: {isa}; median of {args.repeats} after 3 warm-up calls.\n")
+    allocator = "freed memory kept mapped (--keep-freed-memory)" if args.keep_freed_memory else "glibc defaults"
+    print(f"torch {torch.__version__}, fused kernel ISA: {isa}; median of {args.repeats} after 3 warm-up calls; "
+          f"allocator: {allocator}.\n")
     print(f"Floors (DESIGN.md section 3): {shape.macs_per_pixel:,} MACs/pixel -> {fwd_flops / 1e9:.3f} GFLOP per "
           f"forward = {fwd_flops / PEAK_GFLOPS / 1e6:.2f} ms at the {PEAK_GFLOPS:.0f} GFLOP/s peak; "
           f"memory floor in + out = {2 * C * 4} B/pixel = {2 * C * 4 * px / 1e6:.1f} MB per forward.\n")
