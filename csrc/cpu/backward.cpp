@@ -235,18 +235,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
       // Bias gradients are row sums: the NT kernel against a row of ones (vectorized, lane sums).
       const std::vector<S> ones(kSegB + kLanes, S(1));
       const S* ones_row = ones.data();
-      auto row_sums = [&](const S* const* rows_, int64_t len, int64_t nseg, S* acc) {
+      // NT arguments for segments of `len` pixels in `nseg` batch slots: a's rows of slot s start at
+      // a[s * C], b's at b[s * sb]; the result is MA x NB (ld NB).
+      auto nt_args = [&](int64_t MA, int64_t NB, int64_t len, int64_t nseg, int64_t sb) {
         NtArgs<S> a;
-        a.MA = C;
-        a.NB = 1;
+        a.MA = MA;
+        a.NB = NB;
         a.P = len;
-        a.a = rows_;
-        a.b = &ones_row;
+        a.ld = NB;
         a.nseg = nseg;
         a.sa = C;
-        a.sb = 0;
+        a.sb = sb;
+        return a;
+      };
+      auto row_sums = [&](const S* const* rows_, int64_t len, int64_t nseg, S* acc) {
+        NtArgs<S> a = nt_args(C, 1, len, nseg, 0);
+        a.a = rows_;
+        a.b = &ones_row;
         a.acc = acc;
-        a.ld = 1;
         kern.nt(a);
       };
       auto flush = [&](LineVec<S>& acc, std::vector<double>& dst) {
@@ -273,14 +279,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
         const int64_t len = nb_len;
         if (mask[4]) row_sums(gsrow.data(), len, nb, accb2.data());
         if (mask[3]) {  // grad_w2[m*L+j][l] += sum_px gs[m*L+j] * y1[l*M+m]
-          NtArgs<S> a;
-          a.MA = L;
-          a.NB = L;
-          a.P = len;
-          a.ld = L;
-          a.nseg = nb;
-          a.sa = C;
-          a.sb = C;
+          NtArgs<S> a = nt_args(L, L, len, nb, C);
           for (int64_t m = 0; m < M; ++m) {
             a.a = gsrow.data() + m * L;
             a.b = y1src.data() + m * L;
@@ -290,15 +289,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
         }
         if (mask[2]) row_sums(gy1row.data(), len, nb, accb1.data());
         if (mask[1]) {  // grad_w1[l*M+m][k] += sum_px gy1[l*M+m] * src_k
-          NtArgs<S> b;
-          b.MA = M;
-          b.NB = K1;
-          b.P = len;
-          b.ld = K1;
+          NtArgs<S> b = nt_args(M, K1, len, nb, L * K1);
           b.boff = nb_boff;
-          b.nseg = nb;
-          b.sa = C;
-          b.sb = L * K1;
           for (int64_t l = 0; l < L; ++l) {
             b.a = gy1row.data() + l * M;
             b.b = taps.data() + l * K1;
