@@ -38,18 +38,23 @@ class LayerShape:
     def flops(self, mode: str) -> float:
         """FLOPs of one call: forward 2*MACs; a backward computes grad x and grad w of both convs
         (2x forward), the fused backward also recomputes the primary conv (not counted)."""
-        fwd = 2.0 * self.macs_per_pixel * self.N * self.H * self.W
-        return fwd if mode == "forward" else 3.0 * fwd
+        return _per_mode(2.0 * self.macs_per_pixel * self.N * self.H * self.W, mode)
 
     def dense_flops(self, mode: str) -> float:
-        fwd = 2.0 * self.C * self.C * self.k * self.k * self.N * self.H * self.W
-        return fwd if mode == "forward" else 3.0 * fwd
+        return _per_mode(2.0 * self.C * self.C * self.k * self.k * self.N * self.H * self.W, mode)
 
     def __str__(self) -> str:
         return f"{self.N}x{self.C}x{self.H}x{self.W}"
 
 
-MODES = ("forward", "forward+backward")
+MODES = ("forward", "backward", "forward+backward")
+
+
+def _per_mode(forward_flops: float, mode: str) -> float:
+    factor = {"forward": 1.0, "backward": 2.0, "forward+backward": 3.0}.get(mode)
+    if factor is None:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return factor * forward_flops
 
 
 def _stock_block(x, w1, w2, b2, L):
@@ -94,18 +99,34 @@ def make_provider(name: str, shape: LayerShape, dtype=torch.float32, device="cpu
     else:
         raise ValueError(f"unknown provider {name!r}")
 
-    def run(mode: str) -> None:
-        if mode == "forward":
-            with torch.no_grad():
-                fn(x)
-            return
+    def graph() -> Callable[[], None]:
+        """Run the forward with autograd now; return the backward (grad_out all ones)."""
         inp = x.detach().requires_grad_(True)
         for p in params:
             p.requires_grad_(True)
             p.grad = None
         out = fn(inp)
-        out.backward(torch.ones_like(out))
+        grad = torch.ones_like(out)
+        return lambda: out.backward(grad)
 
+    def prepare(mode: str) -> Callable[[], None]:
+        """The work one timed call of `mode` does, with what precedes it (the forward of a
+        'backward' call) already done."""
+        if mode == "forward":
+            def forward() -> None:
+                with torch.no_grad():
+                    fn(x)
+            return forward
+        if mode == "backward":
+            return graph()
+        if mode == "forward+backward":
+            return lambda: graph()()
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+    def run(mode: str) -> None:
+        prepare(mode)()
+
+    run.prepare = prepare
     return run
 
 
