@@ -221,12 +221,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
       std::vector<const S*> y1src(batch * C), gsrow(batch * C), gy1row(batch * C), taps(batch * L * K1);
       std::vector<S*> y1dst(batch * C), gy1dst(C);
       for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t l = 0; l < L; ++l)
-          for (int64_t m = 0; m < M; ++m)
-            if (need_y1) {
-              y1dst[b * C + l * M + m] = y1.data() + (b * C + l * M + m) * ld;
-              y1src[b * C + m * L + l] = y1.data() + (b * C + l * M + m) * ld;
-            }
+        for (int64_t l = 0; l < L && need_y1; ++l)
+          for (int64_t m = 0; m < M; ++m) {
+            y1dst[b * C + l * M + m] = y1.data() + (b * C + l * M + m) * ld;
+            y1src[b * C + m * L + l] = y1.data() + (b * C + l * M + m) * ld;
+          }
         // gs holds its rows in output-channel order (as grad_out has them); gsrow lists them in
         // secondary-channel order c2 = m*L + j (the shuffle undone).
         for (int64_t c2 = 0; c2 < C; ++c2) gsrow[b * C + c2] = gs.data() + (b * C + p.out_channel(c2 / L, c2 % L)) * ld;

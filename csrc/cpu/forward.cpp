@@ -113,12 +113,14 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
           a.dst = o;
           a.ldd = os.w;
           kern.transpose(a);
-          for (int64_t i = 0; i < len && rp; ++i) {
-            S* oi = o + i * os.w;
-            const S* r = reinterpret_cast<const S*>(rp + n * rs.n + oy * rs.h + (p0 + i) * rs.w);
-            for (int64_t oc = 0; oc < C; ++oc) {
-              const S v = oi[oc] + r[oc];
-              oi[oc] = late_relu && v < S(0) ? S(0) : v;
+          if (rp) {
+            for (int64_t i = 0; i < len; ++i) {
+              S* oi = o + i * os.w;
+              const S* r = reinterpret_cast<const S*>(rp + n * rs.n + oy * rs.h + (p0 + i) * rs.w);
+              for (int64_t oc = 0; oc < C; ++oc) {
+                const S v = oi[oc] + r[oc];
+                oi[oc] = late_relu && v < S(0) ? S(0) : v;
+              }
             }
           }
         } else {
