@@ -4,7 +4,9 @@ bf16, float64 gradcheck, NaN propagation, thread-count independence and the ISA 
 
 The ISA in use is reported and switched through two C functions of igc_kernels._C (ctypes):
 ``igc_kernels_cpu_isa()`` and ``igc_kernels_cpu_set_isa(name)``; the environment variable
-``IGC_KERNELS_CPU_ISA=generic|avx2|avx512|auto`` picks it at first use.
+``IGC_KERNELS_CPU_ISA=generic|avx2|avx512|auto`` picks it at first use. The forward's Winograd
+primary (kH = 3, vertical stride and dilation 1) is switched the same way
+(``igc_kernels_cpu_set_winograd``, ``IGC_KERNELS_CPU_WINOGRAD=0``), so both primaries are tested.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def _lib():
     lib.igc_kernels_cpu_isa.restype = ctypes.c_char_p
     lib.igc_kernels_cpu_set_isa.argtypes = [ctypes.c_char_p]
     lib.igc_kernels_cpu_set_isa.restype = ctypes.c_int
+    lib.igc_kernels_cpu_winograd.restype = ctypes.c_int
+    lib.igc_kernels_cpu_set_winograd.argtypes = [ctypes.c_int]
     return lib
 
 
@@ -160,6 +164,67 @@ BAND_CASES = [
     IGCCase(N=2, L=6, M_in=4, M=4, H=13, W=40, k=(3, 3), padding=(2, 1), dilation=(3, 1), channels_last=True),
     IGCCase(N=1, L=6, M_in=4, M=4, H=20, W=40, k=(1, 3), padding=(0, 1), stride=(3, 2), residual=True),
 ]
+
+
+@pytest.fixture(params=[True, False], ids=["winograd", "direct"])
+def winograd(request):
+    lib = _lib()
+    before = lib.igc_kernels_cpu_winograd()
+    lib.igc_kernels_cpu_set_winograd(int(request.param))
+    yield request.param
+    lib.igc_kernels_cpu_set_winograd(before)
+
+
+# The Winograd forward (tiles of four output rows, F(4,3) down the columns) against the reference,
+# and the direct primary on the same shapes: output heights that leave a partial last tile or
+# several images per thread, widths around the 64-pixel segments, kernel widths 1/3/5 with
+# horizontal stride and dilation, output-channel blocks (M) that are not multiples of the kernel's
+# row blocks, channels_last, residual, no biases.
+WINOGRAD_CASES = [
+    IGCCase(N=1, L=24, M_in=4, M=4, H=12, W=70),  # the paper's channels, two segments
+    IGCCase(N=3, L=3, M_in=2, M=5, H=13, W=17, residual=True, activation=0),  # partial last tile
+    IGCCase(N=2, L=2, M_in=3, M=7, H=4, W=130, bias1=False, bias2=False),  # one tile, three segments
+    IGCCase(N=1, L=4, M_in=1, M=3, H=16, W=64, k=(3, 5), padding=(1, 2)),
+    IGCCase(N=1, L=3, M_in=2, M=2, H=17, W=33, k=(3, 3), padding=(2, 2), dilation=(1, 2), stride=(1, 2)),
+    IGCCase(N=2, L=5, M_in=2, M=4, H=8, W=37, k=(3, 1), padding=(1, 0), channels_last=True, residual=True),
+    IGCCase(N=1, L=2, M_in=4, M=1, H=20, W=5, padding=(0, 1)),  # H_out 18: partial tile, no top padding
+    IGCCase(N=1, L=6, M_in=4, M=4, H=36, W=36),  # a training patch
+]
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=[f"wino{i}" for i in range(len(WINOGRAD_CASES))])
+def test_winograd_rows(case, winograd, isa):
+    h_out = case.out_hw[0]
+    assert case.k[0] == 3 and case.stride[0] == 1 and case.dilation[0] == 1 and case.L > 1
+    assert h_out % 4 == 0 or h_out >= 12  # where the forward takes the Winograd path
+    _check_case(case, seed=41)
+
+
+def test_winograd_bfloat16_and_threads():
+    """bf16 rows are packed (converted) before their transform (no ReLU: a mask flipped by the bf16
+    rounding of the output would dominate grad x); more threads than tiles, and tiles split across
+    threads mid-image, give the same values."""
+    case = IGCCase(N=2, L=6, M_in=4, M=4, H=24, W=40, residual=True)
+    _check_case(case.with_(activation=0), seed=43, dtype=torch.bfloat16)
+    before = torch.get_num_threads()
+    try:
+        for threads in (3, 16):
+            torch.set_num_threads(threads)
+            _check_case(case, seed=44)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_winograd_switch_reported():
+    lib = _lib()
+    before = lib.igc_kernels_cpu_winograd()
+    try:
+        lib.igc_kernels_cpu_set_winograd(0)
+        assert lib.igc_kernels_cpu_winograd() == 0
+        lib.igc_kernels_cpu_set_winograd(1)
+        assert lib.igc_kernels_cpu_winograd() == 1
+    finally:
+        lib.igc_kernels_cpu_set_winograd(before)
 
 
 @pytest.mark.parametrize("threads", [3, 4])

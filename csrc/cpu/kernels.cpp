@@ -48,14 +48,14 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Policies: vector type, lanes, register budget and the few primitives the templates need.
 //   MBMAX: output rows per rows-GEMM block; ACC: accumulator registers it may use;
-//   BA x BB: entries per NT-reduce block.
+//   BA x BB: entries per NT-reduce block; WMB: output rows per Winograd block (6 accumulators each).
 
 // Portable vectors of 16 bytes (GCC vector extension) for float and double.
 template <typename Scalar>
 struct Generic {
   typedef Scalar S;
   typedef Scalar V __attribute__((vector_size(16)));
-  static constexpr int VL = 16 / sizeof(Scalar), MBMAX = 6, ACC = 12, BA = 3, BB = 4;
+  static constexpr int VL = 16 / sizeof(Scalar), MBMAX = 6, ACC = 12, BA = 3, BB = 4, WMB = 2;
   static IGC_AI V load(const S* p) { V v; __builtin_memcpy(&v, p, sizeof(V)); return v; }
   static IGC_AI void store(S* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
   static IGC_AI V bcast(S s) { V v = {}; return v + s; }
@@ -90,7 +90,7 @@ namespace x2 {
 struct Avx2 {
   typedef float S;
   typedef __m256 V;
-  static constexpr int VL = 8, MBMAX = 6, ACC = 12, BA = 3, BB = 4;
+  static constexpr int VL = 8, MBMAX = 6, ACC = 12, BA = 3, BB = 4, WMB = 2;
   static IGC_AI V load(const S* p) { return _mm256_loadu_ps(p); }
   static IGC_AI void store(S* p, V v) { _mm256_storeu_ps(p, v); }
   static IGC_AI V bcast(S s) { return _mm256_set1_ps(s); }
@@ -134,7 +134,7 @@ namespace x512 {
 struct Avx512 {
   typedef float S;
   typedef __m512 V;
-  static constexpr int VL = 16, MBMAX = 12, ACC = 24, BA = 4, BB = 6;
+  static constexpr int VL = 16, MBMAX = 12, ACC = 24, BA = 4, BB = 6, WMB = 4;
   static IGC_AI V load(const S* p) { return _mm512_loadu_ps(p); }
   static IGC_AI void store(S* p, V v) { _mm512_storeu_ps(p, v); }
   static IGC_AI V bcast(S s) { return _mm512_set1_ps(s); }
@@ -185,10 +185,15 @@ void nt_generic_d(const NtArgs<double>& a) { gen::nt_impl<GenericD>(a); }
 void transpose_generic_f(const TransposeArgs<float>& a) { gen::transpose_impl<GenericF>(a); }
 void transpose_generic_d(const TransposeArgs<double>& a) { gen::transpose_impl<GenericD>(a); }
 
+void wino_pack_generic_f(const WinoPackArgs<float>& a) { gen::wino_pack_impl<GenericF>(a); }
+void wino_generic_f(const WinoArgs<float>& a) { gen::wino_impl<GenericF>(a); }
+
 void no_fence() {}
 
-const Kernels<float> kGenericF = {"generic", GenericF::VL, rows_generic_f, nt_generic_f, no_fence, transpose_generic_f};
-const Kernels<double> kGenericD = {"generic", GenericD::VL, rows_generic_d, nt_generic_d, no_fence, transpose_generic_d};
+const Kernels<float> kGenericF = {"generic",          GenericF::VL,       rows_generic_f, nt_generic_f, no_fence,
+                                  transpose_generic_f, wino_pack_generic_f, wino_generic_f, GenericF::WMB};
+const Kernels<double> kGenericD = {"generic",          GenericD::VL, rows_generic_d, nt_generic_d, no_fence,
+                                   transpose_generic_d, nullptr,      nullptr,      0};
 
 #if IGC_X86
 __attribute__((target("avx2,fma"))) void rows_avx2(const RowsArgs<float>& a) { x2::rows_impl<x2::Avx2>(a); }
@@ -208,10 +213,23 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void tran
   x512::transpose_impl<x512::Avx512>(a);
 }
 
+__attribute__((target("avx2,fma"))) void wino_pack_avx2(const WinoPackArgs<float>& a) {
+  x2::wino_pack_impl<x2::Avx2>(a);
+}
+__attribute__((target("avx2,fma"))) void wino_avx2(const WinoArgs<float>& a) { x2::wino_impl<x2::Avx2>(a); }
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void wino_pack_avx512(
+    const WinoPackArgs<float>& a) {
+  x512::wino_pack_impl<x512::Avx512>(a);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void wino_avx512(const WinoArgs<float>& a) {
+  x512::wino_impl<x512::Avx512>(a);
+}
+
 void sfence() { _mm_sfence(); }
 
-const Kernels<float> kAvx2 = {"avx2", x2::Avx2::VL, rows_avx2, nt_avx2, sfence, transpose_avx2};
-const Kernels<float> kAvx512 = {"avx512", x512::Avx512::VL, rows_avx512, nt_avx512, sfence, transpose_avx512};
+const Kernels<float> kAvx2 = {"avx2", x2::Avx2::VL, rows_avx2, nt_avx2, sfence, transpose_avx2, wino_pack_avx2, wino_avx2, x2::Avx2::WMB};
+const Kernels<float> kAvx512 = {"avx512",         x512::Avx512::VL, rows_avx512, nt_avx512, sfence,
+                                transpose_avx512, wino_pack_avx512, wino_avx512, x512::Avx512::WMB};
 
 bool has_avx2() {
   __builtin_cpu_init();
@@ -237,6 +255,7 @@ const Kernels<float>* lookup(const char* name) {
 
 const Kernels<float>* g_float = nullptr;  // set at first use; atomics keep set_isa() race-free
 bool g_init = false;
+int g_winograd = -1;  // -1: not read yet from IGC_KERNELS_CPU_WINOGRAD
 
 }  // namespace
 
@@ -259,6 +278,18 @@ bool set_isa(const char* name) {
   return true;
 }
 
+bool winograd_enabled() {
+  int on = __atomic_load_n(&g_winograd, __ATOMIC_ACQUIRE);
+  if (on < 0) {
+    const char* v = getenv("IGC_KERNELS_CPU_WINOGRAD");
+    on = v != nullptr && strcmp(v, "0") == 0 ? 0 : 1;
+    __atomic_store_n(&g_winograd, on, __ATOMIC_RELEASE);
+  }
+  return on == 1;
+}
+
+void set_winograd(bool on) { __atomic_store_n(&g_winograd, on ? 1 : 0, __ATOMIC_RELEASE); }
+
 }  // namespace cpu
 }  // namespace igc
 
@@ -273,4 +304,8 @@ __attribute__((visibility("default"))) const char* igc_kernels_cpu_isa(void) {
 __attribute__((visibility("default"))) int igc_kernels_cpu_set_isa(const char* name) {
   return igc::cpu::set_isa(name) ? 1 : 0;
 }
+// Whether the forward uses the Winograd primary for kW = 3 rows (1) or the direct one (0); set it
+// with igc_kernels_cpu_set_winograd (used by the tests to check both on one CPU).
+__attribute__((visibility("default"))) int igc_kernels_cpu_winograd(void) { return igc::cpu::winograd_enabled() ? 1 : 0; }
+__attribute__((visibility("default"))) void igc_kernels_cpu_set_winograd(int on) { igc::cpu::set_winograd(on != 0); }
 }

@@ -60,6 +60,37 @@ struct TransposeArgs {
   int64_t ldd = 0;
 };
 
+// Winograd F(4,3) down the columns (the primary conv when kH = 3 with vertical stride and dilation
+// 1): output rows 4t..4t+3 ("a row tile") come from the input rows 4t..4t+5, per column as
+//   y = A^T [(G g) . (B^T d)]
+// so each of the kW taps along a row costs six multiply-adds per four output rows instead of
+// twelve. wino_pack transforms six packed input rows into six component rows B^T d; wino
+// multiplies them with the transformed weights G g (summed over the taps (ci, kw), each a shift
+// along the row as in the direct primary) and applies A^T and the bias: four output rows at once,
+// all in whole vectors of pixels (no shuffles).
+
+// out[j * ldo + i] = (B^T d)[j] with d = (in[0][i], ..., in[5][i]), for j < 6, i < n (a multiple of 16).
+template <typename S>
+struct WinoPackArgs {
+  const S* in[6] = {};
+  int64_t n = 0;
+  S* out = nullptr;
+  int64_t ldo = 0;
+};
+
+// dst[r * MB + i][p] = bias[i] + (A^T sum_k U[k][.][i] * src[k*6 + .][soff + p])[r] for r < 4, p < P.
+template <typename S>
+struct WinoArgs {
+  int64_t MB = 0, K = 0, P = 0;
+  // Transformed weight of (tap k, component j, output row i): rows go in blocks of Kernels::wino_rows
+  // (the last block may be smaller, mb rows); row i of the block at i0 at w[i0*K*6 + (k*6 + j)*mb + i - i0].
+  const S* w = nullptr;
+  const S* bias = nullptr;        // MB values, or null
+  const S* const* src = nullptr;  // K * 6 component rows, readable on [soff, soff + round_up(P, 16))
+  int64_t soff = 0;
+  S* const* dst = nullptr;        // 4 * MB rows, written on [0, round_up(P, 16)) in whole vectors
+};
+
 template <typename S>
 struct Kernels {
   const char* name;
@@ -68,6 +99,9 @@ struct Kernels {
   void (*nt)(const NtArgs<S>&);
   void (*store_fence)();  // orders this thread's non-temporal stores (see RowsArgs::stream)
   void (*transpose)(const TransposeArgs<S>&);
+  void (*wino_pack)(const WinoPackArgs<S>&);  // null: no Winograd path (float64)
+  void (*wino)(const WinoArgs<S>&);
+  int64_t wino_rows;  // output rows per block of wino()
 };
 
 // The float kernels for the instruction set chosen at first use: the best the CPU supports, or
@@ -79,6 +113,10 @@ const Kernels<double>& double_kernels();
 // Switches the float kernels (same names as the environment variable); false if the name is
 // unknown or the CPU lacks that instruction set.
 bool set_isa(const char* name);
+// Whether float layers with kH = 3 (vertical stride and dilation 1) use the Winograd primary
+// (default yes; the environment variable IGC_KERNELS_CPU_WINOGRAD=0 turns it off at first use).
+bool winograd_enabled();
+void set_winograd(bool on);
 
 }  // namespace cpu
 }  // namespace igc

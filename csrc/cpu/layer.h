@@ -15,6 +15,12 @@
 // One primary group (L = 1, a dense conv) folds the per-channel secondary into the primary and
 // runs as one GEMM. Outputs of 16 MiB and more are written with non-temporal stores.
 //
+// Winograd (forward, float, kH = 3 with vertical stride and dilation 1, L > 1): a work item is four
+// output rows. Their six input rows are packed as usual, transformed segment by segment into six
+// component rows per channel row (kernels.h), and the primary runs as F(4,3) down the columns:
+// 6 multiply-adds per tap (ci, kw) and four output rows instead of 12, which cuts the layer's
+// multiply-adds by 30% at the paper's shape (M = 4, L = 24). The secondary is unchanged.
+//
 // The backward recomputes y1 segment by segment, forms grad_y1 through the transposed secondary,
 // reduces the weight gradients with the NT kernel (per-chunk accumulators, folded into double)
 // and keeps the few grad_y1 rows grad_x needs in a ring, from which each input row of grad_x is
@@ -115,9 +121,16 @@ struct Layer {
   std::vector<S> w1f, bf;                   // L == 1: w1T and bias with the secondary folded in
   std::vector<int64_t> c2_of_oc;            // secondary channel feeding output channel oc
   std::vector<int64_t> tap_off, tap_kh;     // tap (c, kh, kw) -> offset in its packed row, kh
+  // The Winograd primary: transformed weights U[l][block of rows][k = ci*kW + kw][j][m] (WinoArgs::w)
+  // and the width of one component row of a segment (kSegF pixels + the taps' reach + a vector).
+  bool wino = false;
+  std::vector<S> U;
+  int64_t wseg = 0;
 
+  // winograd: use the Winograd primary where it applies (the forward asks; the backward's weight
+  // gradients need the plain rows).
   Layer(const IGCConvParams& pp, const Tensor& w1t, const c10::optional<Tensor>& b1t, const Tensor& w2t,
-        const c10::optional<Tensor>& b2t)
+        const c10::optional<Tensor>& b2t, bool winograd = false)
       : p(pp) {
     const auto st = std::is_same<S, double>::value ? at::kDouble : at::kFloat;
     auto vec = [&](const Tensor& t) {
@@ -126,7 +139,13 @@ struct Layer {
     };
     const int64_t L = p.L, M = p.M;
     K1 = p.M_in * p.kH * p.kW;
-    Wp = round_up(p.W_out + (p.dW * (p.kW - 1)) / p.sW + kLanes, kLanes);
+    // Winograd row tiles of four: worth it unless padding rows would waste more than a quarter of the work.
+    wino = winograd && std::is_same<S, float>::value && kernels<S>().wino != nullptr && p.kH == 3 && p.sH == 1 &&
+           p.dH == 1 && L > 1 && (p.H_out % 4 == 0 || p.H_out >= 12);
+    const int64_t reach = (p.dW * (p.kW - 1)) / p.sW;  // columns a row's taps reach past its pixels
+    Wp = round_up(p.W_out + reach + kLanes, kLanes);
+    // wino_pack reads whole vectors: [p0, p0 + round_up(round_up(len, 16) + reach, 16)).
+    if (wino) Wp = std::max(Wp, round_up(p.W_out, kLanes) + round_up(reach, kLanes));
     slot = p.C_in * p.sW * Wp;
     w1 = vec(w1t);
     w2 = vec(w2t);
@@ -160,6 +179,21 @@ struct Layer {
           tap_off[(c * p.kH + kh) * p.kW + kw] = (c * p.sW + r) * Wp + shift;
           tap_kh[(c * p.kH + kh) * p.kW + kw] = kh;
         }
+    if (wino) {
+      wseg = round_up(kSegF + reach, kLanes);
+      const int64_t kW = p.kW, K = p.M_in * kW, rb = kernels<S>().wino_rows;
+      U.resize(L * K * 6 * M);
+      for (int64_t l = 0; l < L; ++l)
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t k = 0; k < K; ++k) {  // k = ci * kW + kw: the column w1[l*M + m][ci][0..2][kw]
+            const int64_t ci = k / kW, kw = k % kW;
+            const S* g0 = w1.data() + (((l * M + m) * p.M_in + ci) * 3) * kW + kw;
+            const S a = g0[0], b = g0[kW], c = g0[2 * kW];
+            const S u[6] = {a / 4, -(a + b + c) / 6, -(a - b + c) / 6, a / 24 + b / 12 + c / 6, a / 24 - b / 12 + c / 6, c};
+            const int64_t i0 = m / rb * rb, mb = std::min(rb, M - i0);  // WinoArgs::w's row blocks
+            for (int j = 0; j < 6; ++j) U[l * K * 6 * M + i0 * K * 6 + (k * 6 + j) * mb + m - i0] = u[j];
+          }
+    }
   }
 };
 
@@ -233,42 +267,51 @@ void pack_row(const Layer<S>& g, const Kernels<S>& kern, const T* x, const Str& 
 // The packed input rows of one thread: kH (+ extra) slots, each holding one packed input row,
 // reused while consecutive output rows share input rows. prepare() points src at the taps of row
 // (n, oy).
+//
+// For the Winograd primary (wino_tiles) a prepare() call serves a tile of four output rows: it
+// holds the tile's six input rows, and `rows` points at them (src is not built).
 template <typename S>
 struct RowCache {
   const Layer<S>& g;
   const Kernels<S>& kern;
+  int64_t kH, sH, dH;  // input rows per prepare() call (kernel rows), their step and spacing
   int64_t slots;
   std::vector<S> buf;  // `slots` slots of one packed input row each
   std::vector<int64_t> tag;    // input row held by each slot: n*H + iy, -1 zero row, -2 nothing
   std::vector<int64_t> stamp;  // prepare() call that last used each slot (-1: never)
   int64_t calls = 0;
-  std::vector<const S*> src;  // per tap (c, kh, kw)
+  std::vector<const S*> src;   // per tap (c, kh, kw)
+  std::vector<const S*> rows;  // per kernel row: its packed input row
   std::vector<int64_t> want, slot_of;  // scratch of prepare(), per kernel row
   std::vector<char> used;              // scratch of prepare(), per slot
 
   // extra = (b - 1) * kH keeps the taps of the last b output rows valid (the backward sums the
   // weight gradients of several short rows at once).
-  RowCache(const Layer<S>& layer, const Kernels<S>& k, int64_t extra = 0)
+  RowCache(const Layer<S>& layer, const Kernels<S>& k, int64_t extra = 0, bool wino_tiles = false)
       : g(layer),
         kern(k),
-        slots(layer.p.kH + extra),
+        kH(wino_tiles ? 6 : layer.p.kH),
+        sH(wino_tiles ? 4 : layer.p.sH),
+        dH(wino_tiles ? 1 : layer.p.dH),
+        slots(kH + extra),
         buf(slots * layer.slot),
         tag(slots, -2),
         stamp(slots, -1),
-        src(layer.tap_off.size()),
-        want(layer.p.kH),
-        slot_of(layer.p.kH),
+        src(wino_tiles ? 0 : layer.tap_off.size()),
+        rows(kH),
+        want(kH),
+        slot_of(kH),
         used(slots) {}
 
+  // The input rows of output row oy (with wino_tiles: of the tile of output rows 4 oy .. 4 oy + 3).
   template <typename T>
   void prepare(const T* x, const Str& xs, int64_t n, int64_t oy) {
     const IGCConvParams& p = g.p;
-    const int64_t kH = p.kH;
     ++calls;
     std::fill(slot_of.begin(), slot_of.end(), -1);
     std::fill(used.begin(), used.end(), 0);
     for (int64_t kh = 0; kh < kH; ++kh) {
-      const int64_t iy = oy * p.sH - p.pH + kh * p.dH;
+      const int64_t iy = oy * sH - p.pH + kh * dH;
       want[kh] = iy >= 0 && iy < p.H ? n * p.H + iy : -1;
       for (int64_t s = 0; s < slots; ++s)
         if (tag[s] == want[kh]) {
@@ -291,8 +334,14 @@ struct RowCache {
       for (int64_t k2 = kh; k2 < kH; ++k2)
         if (want[k2] == want[kh]) slot_of[k2] = s;
     }
-    for (int64_t kh = 0; kh < kH; ++kh) stamp[slot_of[kh]] = calls;
-    for (size_t t = 0; t < src.size(); ++t) src[t] = buf.data() + slot_of[g.tap_kh[t]] * g.slot + g.tap_off[t];
+    for (int64_t kh = 0; kh < kH; ++kh) {
+      stamp[slot_of[kh]] = calls;
+      rows[kh] = buf.data() + slot_of[kh] * g.slot;
+    }
+    if (src.empty()) return;
+    for (int64_t c = 0; c < p.C_in; ++c)
+      for (int64_t kh = 0; kh < kH; ++kh)
+        for (int64_t t = (c * kH + kh) * p.kW, e = t + p.kW; t < e; ++t) src[t] = rows[kh] + g.tap_off[t];
   }
 };
 
