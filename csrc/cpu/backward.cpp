@@ -186,6 +186,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
   const int64_t rows = p.N * p.H_out;
   Tensor empty = at::empty({0}, x.options());
   Tensor gx = mask[0] ? at::empty_like(x, x.options().memory_format(x.suggest_memory_format())) : empty;
+  if (gx.numel()) advise_huge_pages(gx);
   const bool emit_gx = mask[0] && gx.numel() > 0;
   // Short rows (one segment each) are summed into the weight gradients `batch` rows at a time,
   // so the NT kernel's accumulators make one round trip per batch instead of one per row.
