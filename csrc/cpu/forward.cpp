@@ -14,10 +14,10 @@ namespace {
 // comp + (j * grows + c) * wseg, column 0 = packed column p0; a few KiB that stay in L1 for the
 // primary that reads them), the primary writes the group's four y1 tiles, and finish_segment does
 // the rest of each output row.
-// Transforming straight from x instead of packed rows measured slower (11.2 against 9.5 ms at
-// 1x96x256x256, one thread): x's channel rows lie a power of two apart and evict each other from
-// L2 before the next tile reads its two shared rows again, and the packing's row copies keep more
-// DRAM reads in flight.
+// Transforming straight from x (masked loads for the padding) instead of packed rows measured
+// slower: 9.3-11.1 against 8.9-9.0 ms at 1x96x256x256 on one thread. x's channel rows lie a power
+// of two apart and evict each other from L2 before the next tile reads its two shared rows again,
+// and the packing's row copies keep more DRAM reads in flight.
 template <typename T, typename S, typename Finish>
 void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const Str& xs, Finish&& finish_segment,
                    bool direct, bool stream) {
