@@ -336,13 +336,25 @@ def test_float64_matches_reference_tightly():
         _check_case(case, seed=300 + i, dtype=torch.float64)
 
 
-def test_non_finite_inputs_propagate():
-    """NaN/Inf in x give NaN/Inf exactly where the reference has them (and no crash)."""
-    case = IGCCase(N=1, L=3, M_in=2, M=2, H=9, W=40, activation=1, residual=False)
+# H=9: the row-by-row forward; H=12 and 13: Winograd row tiles (the fixture also runs them on the
+# direct primary), with NaN and Inf in rows at every position of a tile, in the padding-side
+# columns and in the partial last tile.
+NON_FINITE_CASES = [
+    (IGCCase(N=1, L=3, M_in=2, M=2, H=9, W=40, activation=1, residual=False), [(1, 4, 5, "nan"), (4, 2, 30, "inf")]),
+    (IGCCase(N=1, L=3, M_in=2, M=2, H=12, W=40, activation=0, residual=False),
+     [(1, 5, 5, "inf"), (2, 0, 0, "nan"), (5, 10, 39, "-inf"), (0, 7, 17, "inf")]),
+    (IGCCase(N=2, L=4, M_in=2, M=3, H=13, W=70, activation=1, residual=True), [(3, 12, 66, "nan"), (6, 3, 1, "inf")]),
+]
+
+
+@pytest.mark.parametrize("case,spots", NON_FINITE_CASES, ids=["rows", "tiles", "partial-tile"])
+def test_non_finite_inputs_propagate(case, spots, winograd, isa):
+    """NaN/Inf in x give NaN/Inf exactly where the reference has them (and no crash). The Winograd
+    transforms mix a tile's rows, so tiles with a non-finite input must take the direct primary."""
     args = case.make(seed=9)
     x = args[0].clone()
-    x[0, 1, 4, 5] = float("nan")
-    x[0, 4, 2, 30] = float("inf")
+    for c, y, col, v in spots:
+        x[-1, c, y, col] = float(v)
     args[0] = x
     ours = torch.ops.igc_kernels.igc_conv(*args)
     ref = igc_conv_reference(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
@@ -353,7 +365,20 @@ def test_non_finite_inputs_propagate():
     assert_close_to_reference(ours[finite], ref[finite], torch.float32, "finite part")
     grads = torch.ops.igc_kernels.igc_conv_backward(torch.ones_like(ours), x, args[1], args[2], args[3], ours,
                                                     *args[6:], [True] * 5)
-    assert torch.isnan(grads[1]).any()  # the weight gradient sees the NaN input
+    assert not torch.isfinite(grads[1]).all()  # the weight gradient sees the non-finite input
+
+
+def test_non_finite_weights_propagate(winograd):
+    """An Inf primary weight: the forward keeps Inf (not NaN) where the reference has it."""
+    case = IGCCase(N=1, L=3, M_in=2, M=2, H=12, W=20, activation=0, residual=False)
+    args = case.make(seed=10)
+    w1 = args[1].clone()
+    w1[2, 1, 0, 2] = float("inf")
+    args[1] = w1
+    ours = torch.ops.igc_kernels.igc_conv(*args)
+    ref = igc_conv_reference(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
+    assert torch.equal(torch.isnan(ours), torch.isnan(ref))
+    assert torch.equal(torch.isinf(ours), torch.isinf(ref))
 
 
 def test_thread_count_does_not_change_results():

@@ -13,7 +13,9 @@ namespace {
 // transformed into component rows (comp: component j of the group's channel row c at
 // comp + (j * grows + c) * wseg, column 0 = packed column p0; a few KiB that stay in L1 for the
 // primary that reads them), the primary writes the group's four y1 tiles, and finish_segment does
-// the rest of each output row.
+// the rest of each output row. A group whose input rows hold an Inf or NaN in the segment gets
+// its four y1 rows from the direct primary (taps of the packed rows, as in the row-by-row
+// forward), so non-finite values reach exactly the outputs they reach in the direct conv.
 // Transforming straight from x (masked loads for the padding) instead of packed rows measured
 // slower: 9.3-11.1 against 8.9-9.0 ms at 1x96x256x256 on one thread. x's channel rows lie a power
 // of two apart and evict each other from L2 before the next tile reads its two shared rows again,
@@ -42,6 +44,8 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
           y1dst[(l * 4 + r) * M + m] = row;
           y1src[r * C + m * L + l] = row;
         }
+    // The direct primary's taps (c, kh, kw) of output row r of the tile (the non-finite fallback).
+    std::vector<const S*> rtaps(4 * p.C_in * p.kH * p.kW);
     WinoPackArgs<S> pk;
     pk.ldo = grows * wseg;
     WinoArgs<S> a;
@@ -51,6 +55,9 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / tiles, t = item % tiles;
       cache.template prepare<T>(xp, xs, n, t);
+      for (int64_t r = 0; r < 4; ++r)
+        for (int64_t tap = 0; tap < p.C_in * 3 * p.kW; ++tap)
+          rtaps[r * p.C_in * 3 * p.kW + tap] = cache.rows[r + g.tap_kh[tap]] + g.tap_off[tap];
       for (int64_t r = 0; r < 4; ++r)  // rows 4t + 6 .. 4t + 9 (before padding): the next tile's new rows
         next[r].set(xp, xs, p.C_in, p.H, p.W, n, item + 1 < end && t + 1 < tiles ? 4 * t + 6 + r - p.pH : -1, p.sW);
       for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
@@ -60,12 +67,29 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
         a.P = len;
         a.src = taps.data();
         for (int64_t l = 0; l < L; ++l) {
+          int nonfinite = 0;
           for (int64_t c = 0; c < grows; ++c) {
             for (int64_t kh = 0; kh < 6; ++kh) pk.in[kh] = cache.rows[kh] + (l * grows + c) * g.Wp + p0;
             pk.out = comp.data() + c * wseg;
-            kern.wino_pack(pk);
+            nonfinite |= kern.wino_pack(pk);
           }
           for (auto& f : next) f.fetch(p0, len, l, L);
+          if (nonfinite) {
+            RowsArgs<S> d;
+            d.MB = M;
+            d.K = g.K1;
+            d.P = len;
+            d.ldw = M;
+            d.soff = p0;
+            d.w = g.w1T.data() + l * g.K1 * M;
+            d.bias = g.b1.empty() ? nullptr : g.b1.data() + l * M;
+            for (int64_t r = 0; r < 4; ++r) {
+              d.src = rtaps.data() + r * p.C_in * 3 * p.kW + l * g.K1;
+              d.dst = y1dst.data() + (l * 4 + r) * M;
+              kern.rows(d);
+            }
+            continue;
+          }
           a.w = g.U.data() + l * K * 6 * M;
           a.bias = g.b1.empty() ? nullptr : g.b1.data() + l * M;
           a.dst = y1dst.data() + l * 4 * M;

@@ -185,7 +185,7 @@ void nt_generic_d(const NtArgs<double>& a) { gen::nt_impl<GenericD>(a); }
 void transpose_generic_f(const TransposeArgs<float>& a) { gen::transpose_impl<GenericF>(a); }
 void transpose_generic_d(const TransposeArgs<double>& a) { gen::transpose_impl<GenericD>(a); }
 
-void wino_pack_generic_f(const WinoPackArgs<float>& a) { gen::wino_pack_impl<GenericF>(a); }
+int wino_pack_generic_f(const WinoPackArgs<float>& a) { return gen::wino_pack_impl<GenericF>(a); }
 void wino_generic_f(const WinoArgs<float>& a) { gen::wino_impl<GenericF>(a); }
 
 void no_fence() {}
@@ -213,13 +213,13 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void tran
   x512::transpose_impl<x512::Avx512>(a);
 }
 
-__attribute__((target("avx2,fma"))) void wino_pack_avx2(const WinoPackArgs<float>& a) {
-  x2::wino_pack_impl<x2::Avx2>(a);
+__attribute__((target("avx2,fma"))) int wino_pack_avx2(const WinoPackArgs<float>& a) {
+  return x2::wino_pack_impl<x2::Avx2>(a);
 }
 __attribute__((target("avx2,fma"))) void wino_avx2(const WinoArgs<float>& a) { x2::wino_impl<x2::Avx2>(a); }
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void wino_pack_avx512(
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) int wino_pack_avx512(
     const WinoPackArgs<float>& a) {
-  x512::wino_pack_impl<x512::Avx512>(a);
+  return x512::wino_pack_impl<x512::Avx512>(a);
 }
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void wino_avx512(const WinoArgs<float>& a) {
   x512::wino_impl<x512::Avx512>(a);

@@ -70,6 +70,9 @@ struct TransposeArgs {
 // all in whole vectors of pixels (no shuffles).
 
 // out[j * ldo + i] = (B^T d)[j] with d = (in[0][i], ..., in[5][i]), for j < 6, i < n (a multiple of 16).
+// wino_pack returns nonzero when an input was Inf or NaN (or the transform overflowed): the
+// transforms mix rows, so a non-finite input would reach output rows the direct conv keeps finite
+// (and turn Inf into NaN); the caller computes those rows with the direct primary instead.
 template <typename S>
 struct WinoPackArgs {
   const S* in[6] = {};
@@ -99,7 +102,7 @@ struct Kernels {
   void (*nt)(const NtArgs<S>&);
   void (*store_fence)();  // orders this thread's non-temporal stores (see RowsArgs::stream)
   void (*transpose)(const TransposeArgs<S>&);
-  void (*wino_pack)(const WinoPackArgs<S>&);  // null: no Winograd path (float64)
+  int (*wino_pack)(const WinoPackArgs<S>&);  // null: no Winograd path (float64)
   void (*wino)(const WinoArgs<S>&);
   int64_t wino_rows;  // output rows per block of wino()
 };

@@ -38,6 +38,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <new>
 #include <tuple>
@@ -197,6 +198,8 @@ struct Layer {
             const int64_t i0 = m / rb * rb, mb = std::min(rb, M - i0);  // WinoArgs::w's row blocks
             for (int j = 0; j < 6; ++j) U[l * K * 6 * M + i0 * K * 6 + (k * 6 + j) * mb + m - i0] = u[j];
           }
+      // Non-finite weights reach every output either way, but the transforms would turn Inf into NaN.
+      for (const S u : U) wino = wino && std::isfinite(u);
     }
   }
 };
