@@ -215,6 +215,11 @@ def test_winograd_bfloat16_and_threads():
         torch.set_num_threads(before)
 
 
+def test_winograd_strided_input(winograd):
+    """A strided view as x (rows packed element by element before their transform)."""
+    _check_case(IGCCase(N=2, L=4, M_in=3, M=4, H=12, W=45, residual=True), seed=45, non_contiguous=True)
+
+
 def test_winograd_switch_reported():
     lib = _lib()
     before = lib.igc_kernels_cpu_winograd()
