@@ -44,8 +44,11 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
           y1dst[(l * 4 + r) * M + m] = row;
           y1src[r * C + m * L + l] = row;
         }
-    // The direct primary's taps (c, kh, kw) of output row r of the tile (the non-finite fallback).
-    std::vector<const S*> rtaps(4 * p.C_in * p.kH * p.kW);
+    // The direct primary's taps (c, kh, kw) of output row r of the tile (the non-finite fallback),
+    // built when a tile first needs them.
+    const int64_t ntaps = p.C_in * p.kH * p.kW;
+    std::vector<const S*> rtaps(4 * ntaps);
+    int64_t rtaps_item = -1;
     WinoPackArgs<S> pk;
     pk.ldo = grows * wseg;
     WinoArgs<S> a;
@@ -55,9 +58,6 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / tiles, t = item % tiles;
       cache.template prepare<T>(xp, xs, n, t);
-      for (int64_t r = 0; r < 4; ++r)
-        for (int64_t tap = 0; tap < p.C_in * 3 * p.kW; ++tap)
-          rtaps[r * p.C_in * 3 * p.kW + tap] = cache.rows[r + g.tap_kh[tap]] + g.tap_off[tap];
       for (int64_t r = 0; r < 4; ++r)  // rows 4t + 6 .. 4t + 9 (before padding): the next tile's new rows
         next[r].set(xp, xs, p.C_in, p.H, p.W, n, item + 1 < end && t + 1 < tiles ? 4 * t + 6 + r - p.pH : -1, p.sW);
       for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
@@ -75,19 +75,12 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
           }
           for (auto& f : next) f.fetch(p0, len, l, L);
           if (nonfinite) {
-            RowsArgs<S> d;
-            d.MB = M;
-            d.K = g.K1;
-            d.P = len;
-            d.ldw = M;
-            d.soff = p0;
-            d.w = g.w1T.data() + l * g.K1 * M;
-            d.bias = g.b1.empty() ? nullptr : g.b1.data() + l * M;
-            for (int64_t r = 0; r < 4; ++r) {
-              d.src = rtaps.data() + r * p.C_in * 3 * p.kW + l * g.K1;
-              d.dst = y1dst.data() + (l * 4 + r) * M;
-              kern.rows(d);
+            if (rtaps_item != item) {
+              for (int64_t r = 0; r < 4; ++r) cache.taps_from(r, rtaps.data() + r * ntaps);
+              rtaps_item = item;
             }
+            for (int64_t r = 0; r < 4; ++r)
+              primary_group(g, kern, l, rtaps.data() + r * ntaps + l * g.K1, y1dst.data() + (l * 4 + r) * M, p0, len);
             continue;
           }
           a.w = g.U.data() + l * K * 6 * M;

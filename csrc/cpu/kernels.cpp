@@ -227,7 +227,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void wino
 
 void sfence() { _mm_sfence(); }
 
-const Kernels<float> kAvx2 = {"avx2", x2::Avx2::VL, rows_avx2, nt_avx2, sfence, transpose_avx2, wino_pack_avx2, wino_avx2, x2::Avx2::WMB};
+const Kernels<float> kAvx2 = {"avx2",         x2::Avx2::VL,   rows_avx2, nt_avx2, sfence,
+                              transpose_avx2, wino_pack_avx2, wino_avx2, x2::Avx2::WMB};
 const Kernels<float> kAvx512 = {"avx512",         x512::Avx512::VL, rows_avx512, nt_avx512, sfence,
                                 transpose_avx512, wino_pack_avx512, wino_avx512, x512::Avx512::WMB};
 

@@ -345,10 +345,19 @@ struct RowCache {
       stamp[slot_of[kh]] = calls;
       rows[kh] = buf.data() + slot_of[kh] * g.slot;
     }
-    if (src.empty()) return;
+    if (!src.empty()) taps_from(0, src.data());
+  }
+
+  // The taps (c, kh, kw) of the output row whose kernel rows are rows[r0 .. r0 + kH) (r0 = 0: the
+  // prepared row; with wino_tiles, where the rows are consecutive input rows and dH is 1: output row
+  // r0 of the tile, for the direct primary).
+  void taps_from(int64_t r0, const S** out) const {
+    const IGCConvParams& p = g.p;
     for (int64_t c = 0; c < p.C_in; ++c)
-      for (int64_t kh = 0; kh < kH; ++kh)
-        for (int64_t t = (c * kH + kh) * p.kW, e = t + p.kW; t < e; ++t) src[t] = rows[kh] + g.tap_off[t];
+      for (int64_t kh = 0; kh < p.kH; ++kh) {
+        const S* row = rows[r0 + kh];
+        for (int64_t t = (c * p.kH + kh) * p.kW, e = t + p.kW; t < e; ++t) out[t] = row + g.tap_off[t];
+      }
   }
 };
 
@@ -426,12 +435,11 @@ inline void advise_huge_pages(const Tensor& out) {
 // Work items per parallel chunk: enough that tiny layers run on one thread.
 inline int64_t grain_for(int64_t cost_per_item) { return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, cost_per_item)); }
 
-// The primary conv of one row segment [p0, p0 + len): for each group l, y1 rows l*M .. l*M+M-1
-// (+ b1) from the group's K1 packed taps. Shared by the forward and the backward's recompute.
-// `between(l)` runs before group l (the forward's prefetch).
-template <typename S, typename Between>
-void primary_segment(const Layer<S>& g, const Kernels<S>& kern, const S* const* src, S* const* y1dst, int64_t p0,
-                     int64_t len, Between&& between) {
+// The direct primary conv of group l on one row segment [p0, p0 + len): its M y1 rows `dst`
+// (+ b1) from its K1 packed taps `src`.
+template <typename S>
+void primary_group(const Layer<S>& g, const Kernels<S>& kern, int64_t l, const S* const* src, S* const* dst,
+                   int64_t p0, int64_t len) {
   const int64_t M = g.p.M, K1 = g.K1;
   RowsArgs<S> a;
   a.MB = M;
@@ -439,13 +447,22 @@ void primary_segment(const Layer<S>& g, const Kernels<S>& kern, const S* const* 
   a.P = len;
   a.ldw = M;
   a.soff = p0;
+  a.w = g.w1T.data() + l * K1 * M;
+  a.bias = g.b1.empty() ? nullptr : g.b1.data() + l * M;
+  a.src = src;
+  a.dst = dst;
+  kern.rows(a);
+}
+
+// The primary conv of one row segment [p0, p0 + len): for each group l, y1 rows l*M .. l*M+M-1
+// (+ b1) from the group's K1 packed taps. Shared by the forward and the backward's recompute.
+// `between(l)` runs before group l (the forward's prefetch).
+template <typename S, typename Between>
+void primary_segment(const Layer<S>& g, const Kernels<S>& kern, const S* const* src, S* const* y1dst, int64_t p0,
+                     int64_t len, Between&& between) {
   for (int64_t l = 0; l < g.p.L; ++l) {
     between(l);
-    a.w = g.w1T.data() + l * K1 * M;
-    a.bias = g.b1.empty() ? nullptr : g.b1.data() + l * M;
-    a.src = src + l * K1;
-    a.dst = y1dst + l * M;
-    kern.rows(a);
+    primary_group(g, kern, l, src + l * g.K1, y1dst + l * g.p.M, p0, len);
   }
 }
 
