@@ -55,6 +55,7 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
     a.MB = M;
     a.K = K;
     a.soff = 0;
+    a.src = taps.data();  // every group's component rows sit in comp, at the same places
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / tiles, t = item % tiles;
       cache.template prepare<T>(xp, xs, n, t);
@@ -65,7 +66,6 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
         // Columns the segment's taps read: [p0, p0 + round_up(len, 16) + reach) of each packed row.
         pk.n = round_up(round_up(len, kLanes) + (p.dW * (p.kW - 1)) / p.sW, kLanes);
         a.P = len;
-        a.src = taps.data();
         for (int64_t l = 0; l < L; ++l) {
           int nonfinite = 0;
           for (int64_t c = 0; c < grows; ++c) {
