@@ -175,6 +175,16 @@ def winograd(request):
     lib.igc_kernels_cpu_set_winograd(before)
 
 
+# Rows whose last vector holds at most half a vector run it at half width on AVX-512 (rows GEMM,
+# NT reduce and both Winograd kernels), and rows of two vectors and a half take blocks of 8 output
+# rows x 3 vectors: every last-vector size around those cases, with L = 13 (secondary blocks of 13
+# rows: remainders of both the 8- and 12-row blocks) and H = 8 (Winograd tiles; the direct primary
+# is run by the winograd fixture's other value).
+@pytest.mark.parametrize("width", [1, 4, 8, 9, 16, 20, 24, 25, 33, 36, 40, 41, 48, 52, 56, 57])
+def test_row_tails(width, winograd, isa):
+    _check_case(IGCCase(N=2, L=13, M_in=3, M=2, H=8, W=width, residual=True), seed=50 + width)
+
+
 # The Winograd forward (tiles of four output rows, F(4,3) down the columns) against the reference,
 # and the direct primary on the same shapes: output heights that leave a partial last tile or
 # several images per thread, widths around the 64-pixel segments, kernel widths 1/3/5 with

@@ -93,9 +93,10 @@ struct GradInput {
     return wg_of.back().second.data();
   }
 
-  // Row iy of image n; row_of(c1, oy) is the margined grad_y1 row of channel c1, output row oy.
-  template <typename RowOf>
-  void emit(int64_t n, int64_t iy, const RowOf& row_of) {
+  // Row iy of image n; rows_of(oy) is the margined grad_y1 row of channel 0, output row oy (the
+  // rows of channels c1 > 0 follow Wg apart).
+  template <typename RowsOf>
+  void emit(int64_t n, int64_t iy, const RowsOf& rows_of) {
     const IGCConvParams& p = g.p;
     const int64_t L = p.L, M = p.M, C = p.C_out, Min = p.M_in;
     uint64_t valid = 0;
@@ -108,24 +109,25 @@ struct GradInput {
     for (int64_t kh = 0; kh < p.kH; ++kh) {
       if (!(valid >> kh & 1)) continue;
       const int64_t oy = (iy + p.pH - kh * p.dH) / p.sH;
+      const S* rows = rows_of(oy);
       // Stride 1: taps read the margined rows in place. Stride sW > 1: zero-upsample first.
       for (int64_t c1 = 0; c1 < C && p.sW > 1; ++c1) {
         S* z = Z.data() + (nv * C + c1) * Wz;
-        const S* gr = row_of(c1, oy) + Lm;
+        const S* gr = rows + c1 * Wg + Lm;
         for (int64_t t2 = 0; t2 < Wz; ++t2) {
           const int64_t q = t2 + base;
           z[t2] = q >= 0 && q % p.sW == 0 && q / p.sW < p.W_out ? gr[q / p.sW] : S(0);
         }
       }
       // Sources of this valid kernel row, appended after the earlier ones.
+      const S* first = p.sW > 1 ? Z.data() + nv * C * Wz : rows + Lm + base;  // channel 0, kw = 0
+      const int64_t cs = p.sW > 1 ? Wz : Wg;
       for (int64_t l = 0; l < L; ++l)
-        for (int64_t m = 0; m < M; ++m)
-          for (int64_t kw = 0; kw < p.kW; ++kw) {
-            const int64_t k = (nv * M + m) * p.kW + kw;
-            const int64_t c1 = l * M + m;
-            srcx[l * Kx + k] = p.sW > 1 ? Z.data() + (nv * C + c1) * Wz + kw * p.dW
-                                        : row_of(c1, oy) + Lm + base + kw * p.dW;
-          }
+        for (int64_t m = 0; m < M; ++m) {
+          const S* c1row = first + (l * M + m) * cs;
+          const S** out = srcx.data() + l * Kx + (nv * M + m) * p.kW;
+          for (int64_t kw = 0; kw < p.kW; ++kw) out[kw] = c1row + kw * p.dW;
+        }
       ++nv;
     }
     for (int64_t p0 = 0; p0 < p.W; p0 += kSegX) {
@@ -190,7 +192,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
   const bool emit_gx = mask[0] && gx.numel() > 0;
   // Short rows (one segment each) are summed into the weight gradients `batch` rows at a time,
   // so the NT kernel's accumulators make one round trip per batch instead of one per row.
-  const int64_t batch = p.W_out <= kSegB / 2 ? std::min<int64_t>(4, std::max<int64_t>(1, 160 / p.W_out)) : 1;
+  const int64_t batch = p.W_out <= kSegB / 2 ? std::min<int64_t>(8, std::max<int64_t>(1, 320 / p.W_out)) : 1;
   // grad_y1 rows an input row depends on span at most this many consecutive output rows; the
   // rows of a pending batch stay too.
   const int64_t ring = std::max(batch, emit_gx ? (p.kH - 1) * p.dH / p.sH + 2 : 1);
@@ -231,7 +233,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
         // secondary-channel order c2 = m*L + j (the shuffle undone).
         for (int64_t c2 = 0; c2 < C; ++c2) gsrow[b * C + c2] = gs.data() + (b * C + p.out_channel(c2 / L, c2 % L)) * ld;
       }
-      auto gy1_row = [&](int64_t c1, int64_t oy) { return gy1.data() + ((oy % ring) * C + c1) * Wg; };
+      auto gy1_row = [&](int64_t c1, int64_t oy) { return gy1.data() + ((oy % ring) * C + c1) * Wg; };  // channels Wg apart
       // Bias gradients are row sums: the NT kernel against a row of ones (vectorized, lane sums).
       const std::vector<S> ones(kSegB + kLanes, S(1));
       const S* ones_row = ones.data();
@@ -378,9 +380,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
               for (int64_t oc = 0; oc < C; ++oc) load(oc, i);
           }
           if (need_gy1 && (owned || emit_gx)) {
+            S* const row0 = gy1_row(0, oy) + Lm + p0;
             for (int64_t l = 0; l < L; ++l)
               for (int64_t m = 0; m < M; ++m) {
-                S* r = gy1_row(l * M + m, oy) + Lm + p0;
+                S* r = row0 + (l * M + m) * Wg;
                 gy1row[slot * C + l * M + m] = r;
                 gy1dst[m * L + l] = r;
               }
@@ -421,7 +424,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
         int64_t iy = i0;
         for (int64_t oy = lo; oy < o1; ++oy) {
           output_row(n, oy, oy >= o0);
-          for (; iy < i1 && gin.last(iy) <= oy; ++iy) gin.emit(n, iy, gy1_row);
+          for (; iy < i1 && gin.last(iy) <= oy; ++iy) gin.emit(n, iy, [&](int64_t o) { return gy1_row(0, o); });
         }
         weight_sums();  // a batch never spans images: the ring and the row cache move on
       }

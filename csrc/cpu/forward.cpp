@@ -63,8 +63,10 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
         next[r].set(xp, xs, p.C_in, p.H, p.W, n, item + 1 < end && t + 1 < tiles ? 4 * t + 6 + r - p.pH : -1, p.sW);
       for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
         const int64_t len = std::min(kSegF, p.W_out - p0);
-        // Columns the segment's taps read: [p0, p0 + round_up(len, 16) + reach) of each packed row.
-        pk.n = round_up(round_up(len, kLanes) + (p.dW * (p.kW - 1)) / p.sW, kLanes);
+        // Columns the segment's taps read: [p0, p0 + round_up(len, 8) + reach) of each packed row
+        // when the kernels end a row with a half vector (and no more than that of the next 8 columns
+        // otherwise: vectors of 4 or 8 pixels, or 16 with a row's last 1-8 pixels at half width).
+        pk.n = round_up(round_up(len, kHalfLanes) + (p.dW * (p.kW - 1)) / p.sW, kHalfLanes);
         a.P = len;
         for (int64_t l = 0; l < L; ++l) {
           int nonfinite = 0;

@@ -49,13 +49,19 @@ namespace {
 // Policies: vector type, lanes, register budget and the few primitives the templates need.
 //   MBMAX: output rows per rows-GEMM block; ACC: accumulator registers it may use;
 //   BA x BB: entries per NT-reduce block; WMB: output rows per Winograd block (6 accumulators each).
+//   HALF: whether a last vector of at most VL/2 pixels runs at half width (type H, policy Half).
+//   ACCL: lanes per NT accumulator entry (VL, except in a Half policy, which adds into the low
+//   half of its full policy's entries).
 
 // Portable vectors of 16 bytes (GCC vector extension) for float and double.
 template <typename Scalar>
 struct Generic {
   typedef Scalar S;
   typedef Scalar V __attribute__((vector_size(16)));
-  static constexpr int VL = 16 / sizeof(Scalar), MBMAX = 6, ACC = 12, BA = 3, BB = 4, WMB = 2;
+  static constexpr int VL = 16 / sizeof(Scalar), MBMAX = 6, ACC = 12, BA = 3, BB = 4, WMB = 2, ACCL = VL;
+  static constexpr bool HALF = false;
+  typedef V H;
+  typedef Generic Half;
   static IGC_AI V load(const S* p) { V v; __builtin_memcpy(&v, p, sizeof(V)); return v; }
   static IGC_AI void store(S* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
   static IGC_AI V bcast(S s) { V v = {}; return v + s; }
@@ -90,7 +96,10 @@ namespace x2 {
 struct Avx2 {
   typedef float S;
   typedef __m256 V;
-  static constexpr int VL = 8, MBMAX = 6, ACC = 12, BA = 3, BB = 4, WMB = 2;
+  static constexpr int VL = 8, MBMAX = 6, ACC = 12, BA = 3, BB = 4, WMB = 2, ACCL = VL;
+  static constexpr bool HALF = false;
+  typedef V H;
+  typedef Avx2 Half;
   static IGC_AI V load(const S* p) { return _mm256_loadu_ps(p); }
   static IGC_AI void store(S* p, V v) { _mm256_storeu_ps(p, v); }
   static IGC_AI V bcast(S s) { return _mm256_set1_ps(s); }
@@ -131,10 +140,32 @@ IGC_TARGET_END
 
 IGC_TARGET_AVX512
 namespace x512 {
+// 256-bit halves of AVX-512 vectors, for a row's last few pixels: Zen 4 runs a 512-bit operation
+// as two 256-bit halves, so a 36-pixel row costs 2.5 instead of 3 full-width operations (on cores
+// with full-width units the half costs the same as a full vector, never more).
+struct Avx512Half {
+  typedef float S;
+  typedef __m256 V;
+  static constexpr int VL = 8, BA = 4, BB = 6, ACCL = 16;
+  static constexpr bool HALF = false;
+  typedef V H;
+  typedef Avx512Half Half;
+  static IGC_AI V load(const S* p) { return _mm256_loadu_ps(p); }
+  static IGC_AI void store(S* p, V v) { _mm256_storeu_ps(p, v); }
+  static IGC_AI V bcast(S s) { return _mm256_set1_ps(s); }
+  static IGC_AI V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static IGC_AI V load_partial(const S* p, int64_t rem) { return _mm256_maskz_loadu_ps(__mmask8((1u << rem) - 1), p); }
+  static IGC_AI void store_partial(S* p, V v, int64_t rem) { _mm256_mask_storeu_ps(p, __mmask8((1u << rem) - 1), v); }
+};
+
 struct Avx512 {
   typedef float S;
   typedef __m512 V;
-  static constexpr int VL = 16, MBMAX = 12, ACC = 24, BA = 4, BB = 6, WMB = 4;
+  static constexpr int VL = 16, MBMAX = 12, ACC = 24, BA = 4, BB = 6, WMB = 4, ACCL = VL;
+  static constexpr bool HALF = true;
+  typedef __m256 H;
+  typedef Avx512Half Half;
+  static IGC_AI H lo(V v) { return _mm512_castps512_ps256(v); }
   static IGC_AI V load(const S* p) { return _mm512_loadu_ps(p); }
   static IGC_AI void store(S* p, V v) { _mm512_storeu_ps(p, v); }
   static IGC_AI V bcast(S s) { return _mm512_set1_ps(s); }

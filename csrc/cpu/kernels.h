@@ -69,7 +69,7 @@ struct TransposeArgs {
 // along the row as in the direct primary) and applies A^T and the bias: four output rows at once,
 // all in whole vectors of pixels (no shuffles).
 
-// out[j * ldo + i] = (B^T d)[j] with d = (in[0][i], ..., in[5][i]), for j < 6, i < n (a multiple of 16).
+// out[j * ldo + i] = (B^T d)[j] with d = (in[0][i], ..., in[5][i]), for j < 6, i < n (a multiple of 8).
 // wino_pack returns nonzero when an input was Inf or NaN (or the transform overflowed): the
 // transforms mix rows, so a non-finite input would reach output rows the direct conv keeps finite
 // (and turn Inf into NaN); the caller computes those rows with the direct primary instead.
@@ -91,7 +91,9 @@ struct WinoArgs {
   const S* bias = nullptr;        // MB values, or null
   const S* const* src = nullptr;  // K * 6 component rows, readable on [soff, soff + round_up(P, 16))
   int64_t soff = 0;
-  S* const* dst = nullptr;        // 4 * MB rows, written on [0, round_up(P, 16)) in whole vectors
+  // 4 * MB rows, written in whole vectors: on [0, round_up(P, 8)) at least (a row's last vector
+  // may run at half width), on [0, round_up(P, 16)) at most.
+  S* const* dst = nullptr;
 };
 
 template <typename S>

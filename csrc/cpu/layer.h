@@ -65,6 +65,7 @@ namespace cpu {
 using at::Tensor;
 
 constexpr int64_t kLanes = 16;   // widest vector (floats): packed rows are readable this far past their end
+constexpr int64_t kHalfLanes = 8;  // its half: AVX-512 rows may end in a half vector (kernels.cpp)
 constexpr int64_t kSegF = 64;    // pixels per forward segment (y1 tile: C_mid x 64)
 constexpr int64_t kSegB = 128;   // pixels per backward segment (fewer accumulator round trips)
 constexpr int64_t kSegX = 64;    // pixels per grad_x segment
