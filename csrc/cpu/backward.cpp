@@ -387,16 +387,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
                 gy1row[slot * C + l * M + m] = r;
                 gy1dst[m * L + l] = r;
               }
-            RowsArgs<S> a;  // gy1[l*M+m] = sum_j w2[m*L+j][l] * gs[m*L+j]
-            a.MB = L;
-            a.K = L;
-            a.P = len;
-            a.ldw = L;
-            for (int64_t m = 0; m < M; ++m) {
-              a.w = g.w2.data() + m * L * L;
-              a.src = gsrow.data() + slot * C + m * L;
-              a.dst = gy1dst.data() + m * L;
-              kern.rows(a);
+            if (L == 1) {  // a per-channel scale (VDSR's head and tail): cheaper than C calls of a 1x1 GEMM
+              for (int64_t m = 0; m < M; ++m) {
+                const S wv = g.w2[m];
+                const S* __restrict s = gsrow[slot * C + m];
+                S* __restrict d = gy1dst[m];
+                for (int64_t i = 0; i < len; ++i) d[i] = wv * s[i];
+              }
+            } else {
+              RowsArgs<S> a;  // gy1[l*M+m] = sum_j w2[m*L+j][l] * gs[m*L+j]
+              a.MB = L;
+              a.K = L;
+              a.P = len;
+              a.ldw = L;
+              for (int64_t m = 0; m < M; ++m) {
+                a.w = g.w2.data() + m * L * L;
+                a.src = gsrow.data() + slot * C + m * L;
+                a.dst = gy1dst.data() + m * L;
+                kern.rows(a);
+              }
             }
           }
           if (owned) {  // this segment's weight sums: now, or with the next rows of the batch

@@ -352,13 +352,19 @@ struct RowCache {
   // The taps (c, kh, kw) of the output row whose kernel rows are rows[r0 .. r0 + kH) (r0 = 0: the
   // prepared row; with wino_tiles, where the rows are consecutive input rows and dH is 1: output row
   // r0 of the tile, for the direct primary).
-  void taps_from(int64_t r0, const S** out) const {
+  // Runs once per output row over C_in * kH * kW taps (as many as the tail conv's GEMM has
+  // sources), so everything it reads is held in locals: stores through `out` cannot alias them.
+  void taps_from(int64_t r0, const S** __restrict out) const {
     const IGCConvParams& p = g.p;
-    for (int64_t c = 0; c < p.C_in; ++c)
-      for (int64_t kh = 0; kh < p.kH; ++kh) {
-        const S* row = rows[r0 + kh];
-        for (int64_t t = (c * p.kH + kh) * p.kW, e = t + p.kW; t < e; ++t) out[t] = row + g.tap_off[t];
+    const int64_t C = p.C_in, kH = p.kH, kW = p.kW;
+    const int64_t* __restrict off = g.tap_off.data();
+    for (int64_t kh = 0; kh < kH; ++kh) {
+      const S* const row = rows[r0 + kh];
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t t = (c * kH + kh) * kW;
+        for (int64_t kw = 0; kw < kW; ++kw) out[t + kw] = row + off[t + kw];
       }
+    }
   }
 };
 
