@@ -69,6 +69,7 @@ constexpr int64_t kHalfLanes = 8;  // its half: AVX-512 rows may end in a half v
 constexpr int64_t kSegF = 64;    // pixels per forward segment (y1 tile: C_mid x 64)
 constexpr int64_t kSegB = 128;   // pixels per backward segment (fewer accumulator round trips)
 constexpr int64_t kSegX = 64;    // pixels per grad_x segment
+constexpr int64_t kPackAhead = 8;  // channels between a packed row and the row prefetched into L1
 constexpr int64_t kFlushPixels = 4096;  // fold float lane accumulators into double this often
 // Outputs at least this big are written with non-temporal stores: they cannot stay in the caches
 // (32 MiB of L3 on the reference machine) until the next layer reads them, and streaming them
@@ -205,8 +206,25 @@ struct Layer {
   }
 };
 
+// An asm statement because GCC drops __builtin_prefetch loops it deems side-effect free.
+inline void prefetch_l2(const void* a) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(a)));
+#else
+  __builtin_prefetch(a, 0, 2);
+#endif
+}
+inline void prefetch_l1(const void* a) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(a)));
+#else
+  __builtin_prefetch(a, 0, 3);
+#endif
+}
+
 // Packs input row (n, iy) (iy < 0: a zero row): row (c*sW + r) of dst, element j, holds
-// x[n, c, iy, j*sW + r - pW], zero outside the image.
+// x[n, c, iy, j*sW + r - pW], zero outside the image. dst is a RowCache slot: zeroed when the
+// cache is built, and outside the image's columns never written with anything but zeros.
 template <typename T, typename S>
 void pack_row(const Layer<S>& g, const Kernels<S>& kern, const T* x, const Str& xs, int64_t n, int64_t iy, S* dst) {
   const IGCConvParams& p = g.p;
@@ -256,9 +274,16 @@ void pack_row(const Layer<S>& g, const Kernels<S>& kern, const T* x, const Str& 
       const int64_t j0 = std::min(Wp, std::max<int64_t>(0, (p.pW - r + p.sW - 1) / p.sW));
       const int64_t last = p.W - 1 + p.pW - r;  // j*sW <= last
       const int64_t j1 = std::max(j0, std::min(Wp, last < 0 ? 0 : last / p.sW + 1));
-      std::fill(b, b + j0, S(0));
+      // Columns outside [j0, j1) are the same for every row and only ever hold zeros: the slots
+      // start zeroed and no path writes anything else there, so they are not refilled (two memset
+      // calls per channel row cost more than the copy of a 36-pixel row).
       if (xs.w == 1 && p.sW == 1) {
         const T* src = xc + (j0 - p.pW);
+        // The row a few channels on, into L1: the copies of short rows otherwise wait on L2 one
+        // after the other (the rows were prefetched into L2 while the previous rows were computed).
+        if (c + kPackAhead < p.C_in)
+          for (int64_t j = 0; j < (j1 - j0) * int64_t(sizeof(T)); j += 64)
+            prefetch_l1(reinterpret_cast<const char*>(src + kPackAhead * xs.c) + j);
         if (std::is_same<T, S>::value) {
           std::memcpy(b + j0, src, (j1 - j0) * sizeof(S));
         } else {
@@ -267,7 +292,6 @@ void pack_row(const Layer<S>& g, const Kernels<S>& kern, const T* x, const Str& 
       } else {
         for (int64_t j = j0; j < j1; ++j) b[j] = S(xc[(j * p.sW + r - p.pW) * xs.w]);
       }
-      std::fill(b + j1, b + Wp, S(0));
     }
   }
 }
@@ -367,15 +391,6 @@ struct RowCache {
     }
   }
 };
-
-// An asm statement because GCC drops __builtin_prefetch loops it deems side-effect free.
-inline void prefetch_l2(const void* a) {
-#if defined(__x86_64__) || defined(__i386__)
-  asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(a)));
-#else
-  __builtin_prefetch(a, 0, 2);
-#endif
-}
 
 // Software prefetch (into L2) of one tensor row that the next output row will read, spread over
 // the kernel calls of the current row. Rows of activations are read once and each channel's run
