@@ -344,9 +344,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
               S* d = gst + oc * ld;
               if (relu) {
                 const T* orow = outp + n * os.n + oc * os.c + oy * os.h + p0;
-                for (int64_t i = 0; i < len; ++i) {  // both loads unconditional: a select, no branch
-                  const S gv = S(gr[i]);
-                  d[i] = S(orow[i]) > S(0) ? gv : S(0);
+                if constexpr (std::is_same<T, S>::value) {
+                  kern.relu_mask(reinterpret_cast<const S*>(gr), reinterpret_cast<const S*>(orow), d, len);
+                } else {
+                  for (int64_t i = 0; i < len; ++i) {  // both loads unconditional: a select, no branch
+                    const S gv = S(gr[i]);
+                    d[i] = S(orow[i]) > S(0) ? gv : S(0);
+                  }
                 }
               } else {
                 for (int64_t i = 0; i < len; ++i) d[i] = S(gr[i]);
@@ -366,11 +370,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
             transpose_in(gp, gs_, gst);
             if (relu) {
               transpose_in(outp, os, om.data());
-              for (int64_t oc = 0; oc < C; ++oc) {
-                S* d = gst + oc * ld;
-                const S* o = om.data() + oc * ld;
-                for (int64_t i = 0; i < len; ++i) d[i] = o[i] > S(0) ? d[i] : S(0);
-              }
+              for (int64_t oc = 0; oc < C; ++oc) kern.relu_mask(gst + oc * ld, om.data() + oc * ld, gst + oc * ld, len);
             }
           } else if (gs_.w == 1) {
             for (int64_t oc = 0; oc < C; ++oc)

@@ -104,6 +104,9 @@ struct Kernels {
   void (*nt)(const NtArgs<S>&);
   void (*store_fence)();  // orders this thread's non-temporal stores (see RowsArgs::stream)
   void (*transpose)(const TransposeArgs<S>&);
+  // d[i] = o[i] > 0 ? g[i] : 0 for i < n (the ReLU's gradient mask; NaN in o masks to 0, as in
+  // torch's threshold_backward); d may be g.
+  void (*relu_mask)(const S* g, const S* o, S* d, int64_t n);
   int (*wino_pack)(const WinoPackArgs<S>&);  // null: no Winograd path (float64)
   void (*wino)(const WinoArgs<S>&);
   int64_t wino_rows;  // output rows per block of wino()
