@@ -199,6 +199,9 @@ WINOGRAD_CASES = [
     IGCCase(N=2, L=5, M_in=2, M=4, H=8, W=37, k=(3, 1), padding=(1, 0), channels_last=True, residual=True),
     IGCCase(N=1, L=2, M_in=4, M=1, H=20, W=5, padding=(0, 1)),  # H_out 18: partial tile, no top padding
     IGCCase(N=1, L=6, M_in=4, M=4, H=36, W=36),  # a training patch
+    # One segment wide, NCHW: each tile's four rows go through the secondary as one run; a partial
+    # last tile row by row; the widest such image; a channels_last residual (rows not joined).
+    IGCCase(N=3, L=6, M_in=4, M=4, H=14, W=64, residual=True),
 ]
 
 
@@ -228,6 +231,24 @@ def test_winograd_bfloat16_and_threads():
 def test_winograd_strided_input(winograd):
     """A strided view as x (rows packed element by element before their transform)."""
     _check_case(IGCCase(N=2, L=4, M_in=3, M=4, H=12, W=45, residual=True), seed=45, non_contiguous=True)
+
+
+def test_winograd_row_strided_residual(winograd):
+    """A residual whose rows are not one after another (a column slice of a wider tensor, unit
+    stride along the row): the forward must not treat a tile's four rows as one run."""
+    case = IGCCase(N=2, L=4, M_in=3, M=4, H=12, W=20, residual=True)
+    args = case.make(dtype=torch.float64, seed=46)
+    res = args[5]
+    wide = torch.randn(res.shape[0], res.shape[1], res.shape[2], res.shape[3] + 7, dtype=torch.float64)
+    wide[..., : res.shape[3]] = res
+    ref = igc_conv_reference(*args)
+    x, w1, b1, w2, b2 = (a.float() for a in args[:5])
+    res_view = wide.float()[..., : res.shape[3]]
+    assert res_view.stride(3) == 1 and res_view.stride(2) != res.shape[3]
+    out = igc_conv(x, w1, w2, b1, b2, groups=case.L, stride=case.stride, padding=case.padding,
+                   dilation=case.dilation, shuffle=case.shuffle, activation=case.activation, residual=res_view,
+                   backend="cpu")
+    assert_close_to_reference(out, ref, torch.float32, f"{case} strided residual")
 
 
 def test_winograd_switch_reported():

@@ -20,16 +20,23 @@ namespace {
 // slower: 9.3-11.1 against 8.9-9.0 ms at 1x96x256x256 on one thread. x's channel rows lie a power
 // of two apart and evict each other from L2 before the next tile reads its two shared rows again,
 // and the packing's row copies keep more DRAM reads in flight.
+// join: the image is one segment wide and the output (and residual) rows lie one after another,
+// so a whole tile's secondary is one run of 4 * W_out pixels: y1 keeps each channel's four rows
+// one after another too, and finish_segment runs once per tile instead of once per row (36-pixel
+// training patches: whole vectors, and a quarter of the GEMM calls and their K = L loops).
 template <typename T, typename S, typename Finish>
 void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const Str& xs, Finish&& finish_segment,
-                   bool direct, bool stream) {
+                   bool direct, bool stream, bool join) {
   const IGCConvParams& p = g.p;
   const int64_t L = p.L, M = p.M, C = p.C_out, K = p.M_in * p.kW, tiles = (p.H_out + 3) / 4;
   const int64_t grows = p.M_in * p.sW, wseg = g.wseg;  // packed channel rows per group
   at::parallel_for(0, p.N * tiles, grain_for(4 * p.W_out * C * (g.K1 + L)), [&](int64_t begin, int64_t end) {
     RowCache<S> cache(g, kern, 0, /*wino_tiles=*/true);
     std::array<RowPrefetch<T>, 4> next;  // the input rows the next tile adds to the cache
-    LineVec<S> comp(6 * grows * wseg, S(0)), y1(4 * C * kSegF, S(0)), st(direct ? 0 : C * kSegF, S(0));
+    // y1 row r of channel c: at y1 + c * ly + r * W_out when joined (ly: the four rows and the
+    // vector a row's reads may run past them), else at y1 + (r * C + c) * kSegF.
+    const int64_t ly = round_up(4 * p.W_out, kLanes) + kLanes;
+    LineVec<S> comp(6 * grows * wseg, S(0)), y1(join ? C * ly : 4 * C * kSegF, S(0)), st(direct ? 0 : C * kSegF, S(0));
     std::vector<const S*> taps(K * 6), y1src(4 * C), res(C);
     std::vector<S*> y1dst(4 * C), dst(C);
     for (int64_t ci = 0; ci < p.M_in; ++ci)  // tap (ci, kw) of any group, component j: (ci * kW + kw) * 6 + j
@@ -40,7 +47,7 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
     for (int64_t l = 0; l < L; ++l)  // y1dst: group l's 4 x M rows (WinoArgs::dst); y1src: per output row
       for (int64_t r = 0; r < 4; ++r)
         for (int64_t m = 0; m < M; ++m) {
-          S* row = y1.data() + (r * C + l * M + m) * kSegF;
+          S* row = y1.data() + (join ? (l * M + m) * ly + r * p.W_out : (r * C + l * M + m) * kSegF);
           y1dst[(l * 4 + r) * M + m] = row;
           y1src[r * C + m * L + l] = row;
         }
@@ -90,8 +97,12 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
           a.dst = y1dst.data() + l * 4 * M;
           kern.wino(a);
         }
-        for (int64_t r = 0; r < 4 && 4 * t + r < p.H_out; ++r)
-          finish_segment(n, 4 * t + r, p0, len, y1src.data() + r * C, nullptr, res, dst, st);
+        if (join && 4 * t + 3 < p.H_out) {
+          finish_segment(n, 4 * t, 0, 4 * p.W_out, y1src.data(), nullptr, res, dst, st);
+        } else {
+          for (int64_t r = 0; r < 4 && 4 * t + r < p.H_out; ++r)
+            finish_segment(n, 4 * t + r, p0, len, y1src.data() + r * C, nullptr, res, dst, st);
+        }
       }
     }
     if (stream) kern.store_fence();
@@ -202,7 +213,8 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
   };
 
   if (g.wino) {
-    winograd_rows(g, kern, xp, xs, finish_segment, direct, stream);
+    const bool join = direct && p.W_out <= kSegF && os.h == p.W_out && (!rp || rs.h == p.W_out);
+    winograd_rows(g, kern, xp, xs, finish_segment, direct, stream, join);
     return out;
   }
 

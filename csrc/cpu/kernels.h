@@ -91,9 +91,7 @@ struct WinoArgs {
   const S* bias = nullptr;        // MB values, or null
   const S* const* src = nullptr;  // K * 6 component rows, readable on [soff, soff + round_up(P, 16))
   int64_t soff = 0;
-  // 4 * MB rows, written in whole vectors: on [0, round_up(P, 8)) at least (a row's last vector
-  // may run at half width), on [0, round_up(P, 16)) at most.
-  S* const* dst = nullptr;
+  S* const* dst = nullptr;  // 4 * MB rows, written on [0, P) (so a tile's rows may lie one after another)
 };
 
 template <typename S>
