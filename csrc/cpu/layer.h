@@ -70,6 +70,7 @@ constexpr int64_t kSegF = 64;    // pixels per forward segment (y1 tile: C_mid x
 constexpr int64_t kSegB = 128;   // pixels per backward segment (fewer accumulator round trips)
 constexpr int64_t kSegX = 64;    // pixels per grad_x segment
 constexpr int64_t kPackAhead = 8;  // channels between a packed row and the row prefetched into L1
+constexpr int64_t kPackAheadBytes = 256;  // ... for rows of at most this many bytes
 constexpr int64_t kFlushPixels = 4096;  // fold float lane accumulators into double this often
 // Outputs at least this big are written with non-temporal stores: they cannot stay in the caches
 // (32 MiB of L3 on the reference machine) until the next layer reads them, and streaming them
@@ -281,7 +282,9 @@ void pack_row(const Layer<S>& g, const Kernels<S>& kern, const T* x, const Str& 
         const T* src = xc + (j0 - p.pW);
         // The row a few channels on, into L1: the copies of short rows otherwise wait on L2 one
         // after the other (the rows were prefetched into L2 while the previous rows were computed).
-        if (c + kPackAhead < p.C_in)
+        // Longer rows keep enough loads in flight by themselves; prefetching them too stalls on
+        // full fill buffers (a tenth of the tail conv's forward at 256x256).
+        if (c + kPackAhead < p.C_in && (j1 - j0) * int64_t(sizeof(T)) <= kPackAheadBytes)
           for (int64_t j = 0; j < (j1 - j0) * int64_t(sizeof(T)); j += 64)
             prefetch_l1(reinterpret_cast<const char*>(src + kPackAhead * xs.c) + j);
         if (std::is_same<T, S>::value) {
