@@ -81,8 +81,11 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
             for (int64_t kh = 0; kh < 6; ++kh) pk.in[kh] = cache.rows[kh] + (l * grows + c) * g.Wp + p0;
             pk.out = comp.data() + c * wseg;
             nonfinite |= kern.wino_pack(pk);
+            // One of the next tile's new rows per transform: bursts of all four stalled on full
+            // miss buffers.
+            if (c < 4) next[c].fetch(p0, len, l, L);
           }
-          for (auto& f : next) f.fetch(p0, len, l, L);
+          for (int64_t r = grows; r < 4; ++r) next[r].fetch(p0, len, l, L);
           if (nonfinite) {
             if (rtaps_item != item) {
               for (int64_t r = 0; r < 4; ++r) cache.taps_from(r, rtaps.data() + r * ntaps);
