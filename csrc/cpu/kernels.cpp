@@ -142,18 +142,12 @@ IGC_TARGET_AVX512
 namespace x512 {
 // 256-bit halves of AVX-512 vectors, for a row's last few pixels: Zen 4 runs a 512-bit operation
 // as two 256-bit halves, so a 36-pixel row costs 2.5 instead of 3 full-width operations (on cores
-// with full-width units the half costs the same as a full vector, never more).
-struct Avx512Half {
-  typedef float S;
-  typedef __m256 V;
-  static constexpr int VL = 8, BA = 4, BB = 6, ACCL = 16;
-  static constexpr bool HALF = false;
-  typedef V H;
+// with full-width units the half costs the same as a full vector, never more). The AVX2 policy's
+// primitives (AVX-512 targets include AVX2) with masks from AVX-512VL and the full policy's NT
+// blocks; its NT sums go into the low half of the full policy's 16-lane accumulators.
+struct Avx512Half : x2::Avx2 {
+  static constexpr int BA = 4, BB = 6, ACCL = 16;
   typedef Avx512Half Half;
-  static IGC_AI V load(const S* p) { return _mm256_loadu_ps(p); }
-  static IGC_AI void store(S* p, V v) { _mm256_storeu_ps(p, v); }
-  static IGC_AI V bcast(S s) { return _mm256_set1_ps(s); }
-  static IGC_AI V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static IGC_AI V load_partial(const S* p, int64_t rem) { return _mm256_maskz_loadu_ps(__mmask8((1u << rem) - 1), p); }
   static IGC_AI void store_partial(S* p, V v, int64_t rem) { _mm256_mask_storeu_ps(p, __mmask8((1u << rem) - 1), v); }
 };

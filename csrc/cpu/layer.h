@@ -207,21 +207,22 @@ struct Layer {
   }
 };
 
-// An asm statement because GCC drops __builtin_prefetch loops it deems side-effect free.
-inline void prefetch_l2(const void* a) {
+// Prefetch of one cache line into L1 (kL2 false) or L2. An asm statement because GCC drops
+// __builtin_prefetch loops it deems side-effect free.
+template <bool kL2>
+inline void prefetch_line(const void* a) {
 #if defined(__x86_64__) || defined(__i386__)
-  asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(a)));
+  if (kL2) {
+    asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(a)));
+  } else {
+    asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(a)));
+  }
 #else
-  __builtin_prefetch(a, 0, 2);
+  __builtin_prefetch(a, 0, kL2 ? 2 : 3);
 #endif
 }
-inline void prefetch_l1(const void* a) {
-#if defined(__x86_64__) || defined(__i386__)
-  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(a)));
-#else
-  __builtin_prefetch(a, 0, 3);
-#endif
-}
+inline void prefetch_l2(const void* a) { prefetch_line<true>(a); }
+inline void prefetch_l1(const void* a) { prefetch_line<false>(a); }
 
 // Packs input row (n, iy) (iy < 0: a zero row): row (c*sW + r) of dst, element j, holds
 // x[n, c, iy, j*sW + r - pW], zero outside the image. dst is a RowCache slot: zeroed when the
