@@ -233,7 +233,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
         // secondary-channel order c2 = m*L + j (the shuffle undone).
         for (int64_t c2 = 0; c2 < C; ++c2) gsrow[b * C + c2] = gs.data() + (b * C + p.out_channel(c2 / L, c2 % L)) * ld;
       }
-      auto gy1_row = [&](int64_t c1, int64_t oy) { return gy1.data() + ((oy % ring) * C + c1) * Wg; };  // channels Wg apart
+      // The ring's grad_y1 row of channel 0, output row oy; channel c1's row lies c1 * Wg further.
+      auto gy1_rows = [&](int64_t oy) { return gy1.data() + (oy % ring) * C * Wg; };
       // Bias gradients are row sums: the NT kernel against a row of ones (vectorized, lane sums).
       const std::vector<S> ones(kSegB + kLanes, S(1));
       const S* ones_row = ones.data();
@@ -380,7 +381,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
               for (int64_t oc = 0; oc < C; ++oc) load(oc, i);
           }
           if (need_gy1 && (owned || emit_gx)) {
-            S* const row0 = gy1_row(0, oy) + Lm + p0;
+            S* const row0 = gy1_rows(oy) + Lm + p0;
             for (int64_t l = 0; l < L; ++l)
               for (int64_t m = 0; m < M; ++m) {
                 S* r = row0 + (l * M + m) * Wg;
@@ -433,7 +434,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
         int64_t iy = i0;
         for (int64_t oy = lo; oy < o1; ++oy) {
           output_row(n, oy, oy >= o0);
-          for (; iy < i1 && gin.last(iy) <= oy; ++iy) gin.emit(n, iy, [&](int64_t o) { return gy1_row(0, o); });
+          for (; iy < i1 && gin.last(iy) <= oy; ++iy) gin.emit(n, iy, gy1_rows);
         }
         weight_sums();  // a batch never spans images: the ring and the row cache move on
       }
