@@ -289,10 +289,12 @@ def test_single_primary_group(case, isa):
 
 
 def test_streamed_output(isa):
-    """Outputs of 16 MiB and more are written with non-temporal stores (aligned full vectors; the
-    rest, as W=250 gives, with plain stores): same values as the reference on every ISA path."""
+    """Outputs and grad_x of 16 MiB and more are written with non-temporal stores (aligned full
+    vectors; the rest, as W=250 gives, with plain stores): same values as the reference on every
+    ISA path. Rows this long also take the backward's path without software prefetch."""
     case = IGCCase(N=1, L=24, M_in=4, M=4, H=180, W=250, residual=True)
     assert case.c_out * case.out_hw[0] * case.out_hw[1] * 4 >= 16 << 20
+    assert case.L * case.M_in * case.H * case.W * 4 >= 16 << 20  # grad_x
     _check_case(case, seed=11)
 
 

@@ -442,6 +442,12 @@ struct RowPrefetch {
   }
 };
 
+// Whether a planar row of W elements is short enough for the backward's software prefetch (see
+// backward.cpp): under four cache lines.
+constexpr int64_t kPrefetchRowBytes = 256;
+template <typename T>
+inline bool short_row(int64_t W) { return W * int64_t(sizeof(T)) < kPrefetchRowBytes; }
+
 // Asks for transparent huge pages under an output's whole 2 MiB pages (Linux, where THP is in
 // "madvise" or "always" mode; a hint, never an error). glibc maps big blocks afresh on many calls
 // (it returns freed ones to the system), and the first touch of each 4 KiB page then costs a fault
