@@ -32,6 +32,10 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
   const int64_t grows = p.M_in * p.sW, wseg = g.wseg;  // packed channel rows per group
   at::parallel_for(0, p.N * tiles, grain_for(4 * p.W_out * C * (g.K1 + L)), [&](int64_t begin, int64_t end) {
     RowCache<S> cache(g, kern, 0, /*wino_tiles=*/true);
+    // Each group's channels of the tile's new rows are packed just before the group's transform
+    // reads them (the first segment), so it reads them from L1 (1 thread at 1x96x256x256: 5%
+    // faster; no change on 2 threads or at 16x96x36x36).
+    cache.deferred = pack_in_parts(p, xs);
     std::array<RowPrefetch<T>, 4> next;  // the input rows the next tile adds to the cache
     // y1 row r of channel c: at y1 + c * ly + r * W_out when joined (ly: the four rows and the
     // vector a row's reads may run past them), else at y1 + (r * C + c) * kSegF.
@@ -76,6 +80,7 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
         pk.n = round_up(round_up(len, kHalfLanes) + (p.dW * (p.kW - 1)) / p.sW, kHalfLanes);
         a.P = len;
         for (int64_t l = 0; l < L; ++l) {
+          if (p0 == 0 && cache.deferred) cache.template pack<T>(l * p.M_in, (l + 1) * p.M_in);
           int nonfinite = 0;
           for (int64_t c = 0; c < grows; ++c) {
             for (int64_t kh = 0; kh < 6; ++kh) pk.in[kh] = cache.rows[kh] + (l * grows + c) * g.Wp + p0;

@@ -224,18 +224,26 @@ inline void prefetch_line(const void* a) {
 inline void prefetch_l2(const void* a) { prefetch_line<true>(a); }
 inline void prefetch_l1(const void* a) { prefetch_line<false>(a); }
 
+// Whether pack_row can pack a row's channels in parts (planar rows: a loop over channels).
+inline bool pack_in_parts(const IGCConvParams& p, const Str& xs) { return !(xs.c == 1 && p.C_in > 1); }
+
 // Packs input row (n, iy) (iy < 0: a zero row): row (c*sW + r) of dst, element j, holds
 // x[n, c, iy, j*sW + r - pW], zero outside the image. dst is a RowCache slot: zeroed when the
 // cache is built, and outside the image's columns never written with anything but zeros.
+// Channels [c0, c1) only when the input is planar (pack_in_parts); other layouts pack every
+// channel at c0 == 0 and nothing at c0 > 0.
 template <typename T, typename S>
-void pack_row(const Layer<S>& g, const Kernels<S>& kern, const T* x, const Str& xs, int64_t n, int64_t iy, S* dst) {
+void pack_row(const Layer<S>& g, const Kernels<S>& kern, const T* x, const Str& xs, int64_t n, int64_t iy, S* dst,
+              int64_t c0 = 0, int64_t c1 = -1) {
   const IGCConvParams& p = g.p;
   const int64_t Wp = g.Wp;
+  if (c1 < 0) c1 = p.C_in;
   if (iy < 0) {
-    std::fill(dst, dst + g.slot, S(0));
+    std::fill(dst + c0 * p.sW * Wp, dst + c1 * p.sW * Wp, S(0));
     return;
   }
   const T* xr = x + n * xs.n + iy * xs.h;
+  if (!pack_in_parts(p, xs) && c0 > 0) return;
   if (xs.c == 1 && p.C_in > 1 && p.sW == 1 && std::is_same<T, S>::value) {  // channels_last: a transpose
     const int64_t j0 = std::min(Wp, p.pW), j1 = std::max(j0, std::min(Wp, p.W + p.pW));  // columns inside the image
     TransposeArgs<S> a;
@@ -268,7 +276,7 @@ void pack_row(const Layer<S>& g, const Kernels<S>& kern, const T* x, const Str& 
       }
     return;
   }
-  for (int64_t c = 0; c < p.C_in; ++c) {
+  for (int64_t c = c0; c < c1; ++c) {
     const T* xc = xr + c * xs.c;
     for (int64_t r = 0; r < p.sW; ++r) {
       S* b = dst + (c * p.sW + r) * Wp;
@@ -285,7 +293,7 @@ void pack_row(const Layer<S>& g, const Kernels<S>& kern, const T* x, const Str& 
         // after the other (the rows were prefetched into L2 while the previous rows were computed).
         // Longer rows keep enough loads in flight by themselves; prefetching them too stalls on
         // full fill buffers (a tenth of the tail conv's forward at 256x256).
-        if (c + kPackAhead < p.C_in && (j1 - j0) * int64_t(sizeof(T)) <= kPackAheadBytes)
+        if (c + kPackAhead < c1 && (j1 - j0) * int64_t(sizeof(T)) <= kPackAheadBytes)
           for (int64_t j = 0; j < (j1 - j0) * int64_t(sizeof(T)); j += 64)
             prefetch_l1(reinterpret_cast<const char*>(src + kPackAhead * xs.c) + j);
         if (std::is_same<T, S>::value) {
@@ -320,6 +328,14 @@ struct RowCache {
   std::vector<const S*> rows;  // per kernel row: its packed input row
   std::vector<int64_t> want, slot_of;  // scratch of prepare(), per kernel row
   std::vector<char> used;              // scratch of prepare(), per slot
+  // deferred: prepare() only assigns the new rows their slots; pack(c0, c1) then fills channels
+  // [c0, c1) of them, so a caller working group by group packs each group's rows just before it
+  // reads them (from L1, not L2).
+  bool deferred = false;
+  std::vector<std::pair<int64_t, int64_t>> fresh;  // (slot, input row or -1) still to pack
+  const void* fresh_x = nullptr;
+  Str fresh_xs{0, 0, 0, 0};
+  int64_t fresh_n = 0;
 
   // extra = (b - 1) * kH keeps the taps of the last b output rows valid (the backward sums the
   // weight gradients of several short rows at once).
@@ -344,6 +360,10 @@ struct RowCache {
   void prepare(const T* x, const Str& xs, int64_t n, int64_t oy) {
     const IGCConvParams& p = g.p;
     ++calls;
+    fresh.clear();
+    fresh_x = x;
+    fresh_xs = xs;
+    fresh_n = n;
     std::fill(slot_of.begin(), slot_of.end(), -1);
     std::fill(used.begin(), used.end(), 0);
     for (int64_t kh = 0; kh < kH; ++kh) {
@@ -366,7 +386,12 @@ struct RowCache {
         if (!used[t] && (s < 0 || stamp[t] < stamp[s])) s = t;
       used[s] = 1;
       tag[s] = want[kh];
-      pack_row<T, S>(g, kern, x, xs, n, want[kh] < 0 ? -1 : want[kh] - n * p.H, buf.data() + s * g.slot);
+      const int64_t iy = want[kh] < 0 ? -1 : want[kh] - n * p.H;
+      if (deferred) {
+        fresh.emplace_back(s, iy);
+      } else {
+        pack_row<T, S>(g, kern, x, xs, n, iy, buf.data() + s * g.slot);
+      }
       for (int64_t k2 = kh; k2 < kH; ++k2)
         if (want[k2] == want[kh]) slot_of[k2] = s;
     }
@@ -375,6 +400,13 @@ struct RowCache {
       rows[kh] = buf.data() + slot_of[kh] * g.slot;
     }
     if (!src.empty()) taps_from(0, src.data());
+  }
+
+  // Channels [c0, c1) of the rows the last prepare() call (deferred) left to pack.
+  template <typename T>
+  void pack(int64_t c0, int64_t c1) {
+    for (const auto& f : fresh)
+      pack_row<T, S>(g, kern, static_cast<const T*>(fresh_x), fresh_xs, fresh_n, f.second, buf.data() + f.first * g.slot, c0, c1);
   }
 
   // The taps (c, kh, kw) of the output row whose kernel rows are rows[r0 .. r0 + kH) (r0 = 0: the
