@@ -474,8 +474,9 @@ struct RowPrefetch {
   }
 };
 
-// Whether a planar row of W elements is short enough for the backward's software prefetch (see
-// backward.cpp): under four cache lines.
+// Whether a planar row of W elements is short enough for software prefetch of the next rows (the
+// backward and the Winograd forward): under four cache lines. Longer rows are left to the hardware
+// prefetchers (see backward.cpp).
 constexpr int64_t kPrefetchRowBytes = 256;
 template <typename T>
 inline bool short_row(int64_t W) { return W * int64_t(sizeof(T)) < kPrefetchRowBytes; }
