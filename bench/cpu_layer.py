@@ -41,7 +41,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from providers import LayerShape, make_provider  # noqa: E402
-from report import DEFAULT_PEAK_GFLOPS as PEAK_GFLOPS  # noqa: E402  (measured FMA peak of the CI machine)
+from peak import measure_peak_gflops  # noqa: E402
+from report import DEFAULT_PEAK_GFLOPS  # noqa: E402
 
 from igc_kernels.runtime import keep_freed_memory  # noqa: E402
 PROVIDERS = [
@@ -150,6 +151,10 @@ def main() -> None:
     lib.igc_kernels_cpu_isa.restype = ctypes.c_char_p
     isa = lib.igc_kernels_cpu_isa().decode()
 
+    measured = measure_peak_gflops(args.threads)
+    PEAK_GFLOPS = round(measured) if measured else DEFAULT_PEAK_GFLOPS
+    peak_note = ("measured now by bench/tools/fma_peak.c" if measured else
+                 "no C compiler to measure it: report.DEFAULT_PEAK_GFLOPS")
     fwd_flops = shape.flops("forward")
     px = N * H * W
     print(f"## IGC layer on CPU: {shape}, k=3, L={args.L}, M={shape.M}, ReLU, fp32, {args.threads} threads\n")
@@ -157,7 +162,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, fused kernel ISA: {isa}; median of {args.repeats} after 3 warm-up calls; "
           f"allocator: {allocator}.\n")
     print(f"Floors (DESIGN.md section 3): {shape.macs_per_pixel:,} MACs/pixel -> {fwd_flops / 1e9:.3f} GFLOP per "
-          f"forward = {fwd_flops / PEAK_GFLOPS / 1e6:.2f} ms at the {PEAK_GFLOPS:.0f} GFLOP/s peak; "
+          f"forward = {fwd_flops / PEAK_GFLOPS / 1e6:.2f} ms at the {PEAK_GFLOPS:.0f} GFLOP/s fp32 FMA peak ({peak_note}); "
           f"memory floor in + out = {2 * C * 4} B/pixel = {2 * C * 4 * px / 1e6:.1f} MB per forward.\n")
     fused = results.get("fused-cpu")
     print("| path | forward ms | fwd GFLOP/s | fwd vs fused | fwd+bwd ms | fwd+bwd GFLOP/s | fwd+bwd vs fused |"

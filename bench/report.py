@@ -6,8 +6,10 @@
 Writes bench/results/<device>-<date>.md and .png. Each row names the device, the versions and the
 dtype; speedups are ratios of medians measured in the same run. "% of peak" is the achieved
 GFLOP/s (useful FLOPs of the layer or network: the fused path's recompute is not counted) over the
-FLOP floor's rate, --peak-gflops (default: the 2-core Zen 4 CI machine's 230 GFLOP/s fp32, as
-measured by bench/tools/fma_peak.c); the plot shows it beside the speedups.
+FLOP floor's rate, --peak-gflops (default: this machine's fp32 FMA peak on the benchmark's thread
+count, measured now by bench/tools/fma_peak.c through bench/peak.py; DEFAULT_PEAK_GFLOPS where it
+cannot be measured); the plot shows it beside the speedups. Make the report on the machine that ran
+the benchmarks, or pass --peak-gflops.
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from peak import measure_peak_gflops  # noqa: E402
+
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
-# 2 Zen 4 cores x 16 fp32 FMA/cycle x 2 FLOP x ~3.6 GHz: `bench/tools/fma_peak.c 2` measured
-# 229-232 GFLOP/s (117 on one core) on the CI machine.
-DEFAULT_PEAK_GFLOPS = 230.0
+# The fallback where bench/peak.py cannot measure the peak: the current 2-core CI machine (Intel
+# Xeon, two 512-bit FMA units per core), where `bench/tools/fma_peak.c 2` measured 416 GFLOP/s
+# (213 on one core). Its predecessor, a 2-core Zen 4, measured 230.
+DEFAULT_PEAK_GFLOPS = 416.0
 
 
 def load_rows(paths: list[Path]) -> tuple[list[dict], dict]:
@@ -146,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--device", default=None, help="device name for the file name (default: from the results)")
     ap.add_argument("--readme", type=Path, default=None, help="README to update between the bench markers")
-    ap.add_argument("--peak-gflops", type=float, default=DEFAULT_PEAK_GFLOPS,
-                    help=f"FLOP floor's rate for '%% of peak' (default {DEFAULT_PEAK_GFLOPS:g}, the 2-core CI CPU)")
+    ap.add_argument("--peak-gflops", type=float, default=None,
+                    help="FLOP floor's rate for '%% of peak' (default: measured on this machine by "
+                         f"bench/tools/fma_peak.c, else {DEFAULT_PEAK_GFLOPS:g})")
     args = ap.parse_args(argv)
     for p in args.json:
         if not p.is_file():
@@ -161,9 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or rows[0]["device"]
     stem = f"{device}-{dt.date.today().isoformat()}"
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    if args.peak_gflops <= 0:
+    if args.peak_gflops is not None and args.peak_gflops <= 0:
         print(f"error: --peak-gflops must be positive, got {args.peak_gflops}", file=sys.stderr)
         return 2
+    if args.peak_gflops is None:
+        threads = [r["threads"] for r in rows if isinstance(r["threads"], int) and r["threads"] > 0]
+        measured = measure_peak_gflops(max(threads) if threads else 1)
+        args.peak_gflops = round(measured) if measured else DEFAULT_PEAK_GFLOPS
+        print(f"peak: {args.peak_gflops:.0f} GFLOP/s fp32 ("
+              f"{'measured by bench/tools/fma_peak.c' if measured else 'DEFAULT_PEAK_GFLOPS: could not measure'})")
     body = markdown(rows, machine, args.peak_gflops)
     (args.out_dir / f"{stem}.md").write_text(body)
     plot(rows, args.out_dir / f"{stem}.png", args.peak_gflops)

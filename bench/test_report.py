@@ -19,9 +19,10 @@ def test_report_tables_plot_and_readme(tmp_path):
                                               _bench("dense", 0.056)]}))
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\nrest\n")
-    assert report.main([str(raw), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)]) == 0
+    assert report.main([str(raw), "--out-dir", str(tmp_path / "out"), "--readme", str(readme),
+                        "--peak-gflops", "230"]) == 0
     md = next((tmp_path / "out").glob("cpu-*.md")).read_text()
-    assert "| fused-cpu | 8.00 | 94.4 | 41% | 1.00x | 10 |" in md  # 94.4 of the default 230 GFLOP/s
+    assert "| fused-cpu | 8.00 | 94.4 | 41% | 1.00x | 10 |" in md  # 94.4 of 230 GFLOP/s
     assert "| stock-nchw | 120.00 | 6.3 | 3% | 15.00x | 10 |" in md
     assert next((tmp_path / "out").glob("cpu-*.png")).stat().st_size > 1000
     text = readme.read_text()
@@ -40,3 +41,35 @@ def test_report_peak_option(tmp_path, capsys):
     assert "| fused-cpu | 8.00 | 94.4 | 100% | 1.00x | 10 |" in next((tmp_path / "out").glob("cpu-*.md")).read_text()
     assert report.main([str(raw), "--out-dir", str(tmp_path / "out"), "--peak-gflops", "0"]) == 2
     assert "--peak-gflops must be positive" in capsys.readouterr().err
+
+
+def test_report_peak_measured_by_default(tmp_path, monkeypatch, capsys):
+    """Without --peak-gflops the peak is measured on the benchmark's thread count; where it cannot
+    be, DEFAULT_PEAK_GFLOPS is used and the report says so."""
+    raw = tmp_path / "raw.json"
+    raw.write_text(json.dumps({"benchmarks": [_bench("fused-cpu", 0.008)]}))
+    asked = []
+    monkeypatch.setattr(report, "measure_peak_gflops", lambda threads: asked.append(threads) or 188.8)
+    assert report.main([str(raw), "--out-dir", str(tmp_path / "a")]) == 0
+    assert asked == [2]
+    assert "| fused-cpu | 8.00 | 94.4 | 50% | 1.00x | 10 |" in next((tmp_path / "a").glob("cpu-*.md")).read_text()
+    monkeypatch.setattr(report, "measure_peak_gflops", lambda threads: None)
+    assert report.main([str(raw), "--out-dir", str(tmp_path / "b")]) == 0
+    assert "could not measure" in capsys.readouterr().out
+    expected = f"{100 * 94.375 / report.DEFAULT_PEAK_GFLOPS:.0f}%"
+    assert f"| fused-cpu | 8.00 | 94.4 | {expected} |" in next((tmp_path / "b").glob("cpu-*.md")).read_text()
+
+
+def test_measure_peak_gflops():
+    """The real measurement: a positive rate where a C compiler exists (CI has one), and a clear
+    error for a bad thread count."""
+    import shutil
+
+    import pytest
+    from peak import measure_peak_gflops
+
+    got = measure_peak_gflops(1)
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert got is not None and got > 1.0
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        measure_peak_gflops(0)
