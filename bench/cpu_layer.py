@@ -41,8 +41,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from providers import LayerShape, make_provider  # noqa: E402
-from peak import measure_peak_gflops  # noqa: E402
-from report import DEFAULT_PEAK_GFLOPS  # noqa: E402
+from peak import benchmark_peak  # noqa: E402
 
 from igc_kernels.runtime import keep_freed_memory  # noqa: E402
 PROVIDERS = [
@@ -151,10 +150,7 @@ def main() -> None:
     lib.igc_kernels_cpu_isa.restype = ctypes.c_char_p
     isa = lib.igc_kernels_cpu_isa().decode()
 
-    measured = measure_peak_gflops(args.threads)
-    PEAK_GFLOPS = round(measured) if measured else DEFAULT_PEAK_GFLOPS
-    peak_note = ("measured now by bench/tools/fma_peak.c" if measured else
-                 "no C compiler to measure it: report.DEFAULT_PEAK_GFLOPS")
+    PEAK_GFLOPS, peak_note = benchmark_peak(args.threads)
     fwd_flops = shape.flops("forward")
     px = N * H * W
     print(f"## IGC layer on CPU: {shape}, k=3, L={args.L}, M={shape.M}, ReLU, fp32, {args.threads} threads\n")

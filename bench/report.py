@@ -24,14 +24,10 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from peak import measure_peak_gflops  # noqa: E402
+from peak import DEFAULT_PEAK_GFLOPS, benchmark_peak  # noqa: E402
 
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
-# The fallback where bench/peak.py cannot measure the peak: the current 2-core CI machine (Intel
-# Xeon, two 512-bit FMA units per core), where `bench/tools/fma_peak.c 2` measured 416 GFLOP/s
-# (213 on one core). Its predecessor, a 2-core Zen 4, measured 230.
-DEFAULT_PEAK_GFLOPS = 416.0
 
 
 def load_rows(paths: list[Path]) -> tuple[list[dict], dict]:
@@ -173,10 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.peak_gflops is None:
         threads = [r["threads"] for r in rows if isinstance(r["threads"], int) and r["threads"] > 0]
-        measured = measure_peak_gflops(max(threads) if threads else 1)
-        args.peak_gflops = round(measured) if measured else DEFAULT_PEAK_GFLOPS
-        print(f"peak: {args.peak_gflops:.0f} GFLOP/s fp32 ("
-              f"{'measured by bench/tools/fma_peak.c' if measured else 'DEFAULT_PEAK_GFLOPS: could not measure'})")
+        args.peak_gflops, note = benchmark_peak(max(threads) if threads else 1)
+        print(f"peak: {args.peak_gflops:.0f} GFLOP/s fp32 ({note})")
     body = markdown(rows, machine, args.peak_gflops)
     (args.out_dir / f"{stem}.md").write_text(body)
     plot(rows, args.out_dir / f"{stem}.png", args.peak_gflops)

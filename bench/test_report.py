@@ -2,6 +2,7 @@
 
 import json
 
+import peak
 import report
 
 
@@ -49,11 +50,11 @@ def test_report_peak_measured_by_default(tmp_path, monkeypatch, capsys):
     raw = tmp_path / "raw.json"
     raw.write_text(json.dumps({"benchmarks": [_bench("fused-cpu", 0.008)]}))
     asked = []
-    monkeypatch.setattr(report, "measure_peak_gflops", lambda threads: asked.append(threads) or 188.8)
+    monkeypatch.setattr(peak, "measure_peak_gflops", lambda threads: asked.append(threads) or 188.8)
     assert report.main([str(raw), "--out-dir", str(tmp_path / "a")]) == 0
     assert asked == [2]
     assert "| fused-cpu | 8.00 | 94.4 | 50% | 1.00x | 10 |" in next((tmp_path / "a").glob("cpu-*.md")).read_text()
-    monkeypatch.setattr(report, "measure_peak_gflops", lambda threads: None)
+    monkeypatch.setattr(peak, "measure_peak_gflops", lambda threads: None)
     assert report.main([str(raw), "--out-dir", str(tmp_path / "b")]) == 0
     assert "could not measure" in capsys.readouterr().out
     expected = f"{100 * 94.375 / report.DEFAULT_PEAK_GFLOPS:.0f}%"
