@@ -6,7 +6,9 @@ The ISA in use is reported and switched through two C functions of igc_kernels._
 ``igc_kernels_cpu_isa()`` and ``igc_kernels_cpu_set_isa(name)``; the environment variable
 ``IGC_KERNELS_CPU_ISA=generic|avx2|avx512|auto`` picks it at first use. The forward's Winograd
 primary (kH = 3, vertical stride and dilation 1) is switched the same way
-(``igc_kernels_cpu_set_winograd``, ``IGC_KERNELS_CPU_WINOGRAD=0``), so both primaries are tested.
+(``igc_kernels_cpu_set_winograd``, ``IGC_KERNELS_CPU_WINOGRAD=0``), so both primaries are tested,
+and so is the backward of small images on flat planes (``igc_kernels_cpu_set_plane_backward``,
+``IGC_KERNELS_CPU_PLANE_BACKWARD=0``) against the row-by-row backward.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def _lib():
     lib.igc_kernels_cpu_set_isa.restype = ctypes.c_int
     lib.igc_kernels_cpu_winograd.restype = ctypes.c_int
     lib.igc_kernels_cpu_set_winograd.argtypes = [ctypes.c_int]
+    lib.igc_kernels_cpu_plane_backward.restype = ctypes.c_int
+    lib.igc_kernels_cpu_set_plane_backward.argtypes = [ctypes.c_int]
     return lib
 
 
@@ -272,6 +276,98 @@ def test_backward_row_bands(case, threads):
         _check_case(case, seed=31 + threads)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(params=[True, False], ids=["plane", "rows"])
+def plane(request):
+    lib = _lib()
+    before = lib.igc_kernels_cpu_plane_backward()
+    lib.igc_kernels_cpu_set_plane_backward(int(request.param))
+    yield request.param
+    lib.igc_kernels_cpu_set_plane_backward(before)
+
+
+# The backward of images up to 48 pixels wide (stride 1, dilation 1, odd kernels, 'same' padding,
+# contiguous NCHW) runs on bands of rows laid out as flat planes with zero columns between the rows
+# (backward_plane.cpp); the plane fixture's other value runs the same cases row by row. Halo rows
+# of 1 and 2 (k 3 and 5), no halo (k 1), anisotropic kernels, bands split for threads (N = 1),
+# the widest width it takes, single-pixel rows and columns, one primary group (VDSR's head/tail).
+PLANE_CASES = [
+    IGCCase(N=2, L=24, M_in=4, M=4, H=36, W=36),  # a training patch of the paper's layer
+    IGCCase(N=1, L=3, M_in=2, M=5, H=41, W=29, activation=0, bias1=False),  # bands of one image
+    IGCCase(N=1, L=2, M_in=3, M=4, H=23, W=19, k=(5, 5), padding=(2, 2), shuffle=False),
+    IGCCase(N=3, L=4, M_in=2, M=3, H=7, W=13, k=(1, 1), padding=(0, 0), residual=True),
+    IGCCase(N=2, L=3, M_in=4, M=2, H=17, W=11, k=(3, 5), padding=(1, 2), bias2=False),
+    IGCCase(N=2, L=5, M_in=1, M=2, H=9, W=48),
+    IGCCase(N=3, L=2, M_in=2, M=2, H=1, W=1),
+    IGCCase(N=2, L=1, M_in=1, M=24, H=16, W=17),  # VDSR's head
+    IGCCase(N=2, L=1, M_in=24, M=1, H=16, W=17, activation=0, residual=True),  # VDSR's tail
+]
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize("case", PLANE_CASES, ids=[f"plane{i}" for i in range(len(PLANE_CASES))])
+def test_plane_backward(case, threads, plane, isa):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        _check_case(case, seed=61 + threads)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_plane_backward_many_bands(plane):
+    """Ten threads on one image of 81 rows: bands of 9 rows (as many as fit; none left empty)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(10)
+        _check_case(IGCCase(N=1, L=2, M_in=2, M=3, H=81, W=5), seed=71)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_plane_backward_gradcheck_float64(plane):
+    """The float64 plane backward against finite differences (5x3 kernel: two halo rows)."""
+    case = IGCCase(N=2, L=2, M_in=2, M=2, H=7, W=6, k=(5, 3), padding=(2, 1), residual=True)
+    args = case.make(dtype=torch.float64, requires_grad=True, seed=7)
+
+    def fn(x, w1, b1, w2, b2, res):
+        return igc_conv(x, w1, w2, b1, b2, groups=case.L, stride=case.stride, padding=case.padding,
+                        dilation=case.dilation, shuffle=case.shuffle, activation=case.activation, residual=res,
+                        backend="cpu")
+
+    assert torch.autograd.gradcheck(fn, tuple(args[:6]), eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_plane_backward_non_finite_input_rows(plane):
+    """An Inf next to a row's end: grad_w1 must see it only through real pixels (the plane path
+    sums such bands row by row, so no zero gap column multiplies it into NaN)."""
+    case = IGCCase(N=1, L=2, M_in=2, M=2, H=8, W=12, activation=0, residual=False)
+    args = case.make(dtype=torch.float64, seed=12)
+    x = args[0].clone()
+    x[0, 1, 3, 11] = float("inf")
+    args[0] = x
+    ref_in = [a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) else a for a in args]
+    ref = igc_conv_reference(*ref_in)
+    ref.backward(torch.ones_like(ref))
+    f = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
+    out = torch.ops.igc_kernels.igc_conv(*f)
+    grads = torch.ops.igc_kernels.igc_conv_backward(torch.ones_like(out), f[0], f[1], f[2], f[3], out, *f[6:],
+                                                    [True] * 5)
+    for got, want in zip(grads, ref_in[:5]):
+        assert torch.equal(torch.isnan(got), torch.isnan(want.grad))
+        assert torch.equal(torch.isinf(got), torch.isinf(want.grad))
+
+
+def test_plane_switch_reported():
+    lib = _lib()
+    before = lib.igc_kernels_cpu_plane_backward()
+    try:
+        for value in (0, 1):
+            lib.igc_kernels_cpu_set_plane_backward(value)
+            assert lib.igc_kernels_cpu_plane_backward() == value
+    finally:
+        lib.igc_kernels_cpu_set_plane_backward(before)
 
 
 # One primary group (L = 1) is a dense conv followed by a per-channel scale; the forward folds the

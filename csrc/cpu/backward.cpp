@@ -19,16 +19,12 @@
 #include <utility>
 #include <vector>
 
+#include "grad_sums.h"
 #include "layer.h"
 
 namespace igc {
 namespace cpu {
 namespace {
-
-template <typename S>
-struct GradAcc {  // one chunk's weight-gradient sums
-  std::vector<double> w1, b1, w2, b2;
-};
 
 // grad_x of input rows, from grad_y1 rows kept with zero margins (Lm left, up to Wg right) so that
 // for stride 1 the taps are read in place: the row of tap kw' starts at Lm + base + kw'*dW.
@@ -209,14 +205,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
   const int64_t cost = p.W_out * C * (K1 + L) * 4;
   int64_t chunks = std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(1, rows * cost >> 20));
   chunks = std::max<int64_t>(1, std::min(chunks, rows));
-  std::vector<GradAcc<S>> accs(chunks);
+  std::vector<GradSums<S>> accs(chunks);
   at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t ch = cb; ch < ce; ++ch) {
-      GradAcc<S>& A = accs[ch];
-      A.w1.assign(mask[1] ? C * K1 : 0, 0.0);
-      A.b1.assign(mask[2] ? C : 0, 0.0);
-      A.w2.assign(mask[3] ? C * L : 0, 0.0);
-      A.b2.assign(mask[4] ? C : 0, 0.0);
+      GradSums<S>& A = accs[ch];
+      A.init(p, K1, lanes, mask);
       RowCache<S> cache(g, kern, (batch - 1) * p.kH);
       RowPrefetch<T> pf_x, pf_g, pf_o;
       GradInput<T, S> gin(g, kern, emit_gx ? gx : Tensor());
@@ -230,8 +223,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
       LineVec<S> y1(need_y1 ? batch * C * ld : 0, S(0)), gs(batch * C * ld, S(0));
       LineVec<S> om(relu && gs_.c == 1 ? C * ld : 0);  // channels_last out, transposed (ReLU mask)
       LineVec<S> gy1(need_gy1 ? ring * C * Wg : 0, S(0));  // margins stay zero: only [Lm, Lm+W_out) is written
-      LineVec<S> accw1(mask[1] ? C * K1 * lanes : 0, S(0)), accw2(mask[3] ? C * L * lanes : 0, S(0));
-      LineVec<S> accb1(mask[2] ? C * lanes : 0, S(0)), accb2(mask[4] ? C * lanes : 0, S(0));
       std::vector<const S*> y1src(batch * C), gsrow(batch * C), gy1row(batch * C), taps(batch * L * K1);
       std::vector<S*> y1dst(batch * C), gy1dst(C);
       for (int64_t b = 0; b < batch; ++b) {
@@ -269,21 +260,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
         a.acc = acc;
         kern.nt(a);
       };
-      auto flush = [&](LineVec<S>& acc, std::vector<double>& dst) {
-        for (size_t e = 0; e < dst.size(); ++e) {
-          double s = 0;
-          for (int64_t v = 0; v < lanes; ++v) s += double(acc[e * lanes + v]);
-          dst[e] += s;
-        }
-        std::fill(acc.begin(), acc.end(), S(0));
-      };
-      auto flush_all = [&] {
-        if (mask[1]) flush(accw1, A.w1);
-        if (mask[2]) flush(accb1, A.b1);
-        if (mask[3]) flush(accw2, A.w2);
-        if (mask[4]) flush(accb2, A.b2);
-      };
-      int64_t pending = 0;
 
       // The weight and bias sums of the nb segments waiting in batch slots 0..nb-1 (each `len`
       // pixels; their taps read from column boff).
@@ -291,33 +267,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
       auto weight_sums = [&] {
         if (nb == 0) return;
         const int64_t len = nb_len;
-        if (mask[4]) row_sums(gsrow.data(), len, nb, accb2.data());
+        if (mask[4]) row_sums(gsrow.data(), len, nb, A.accb2.data());
         if (mask[3]) {  // grad_w2[m*L+j][l] += sum_px gs[m*L+j] * y1[l*M+m]
           NtArgs<S> a = nt_args(L, L, len, nb, C);
           for (int64_t m = 0; m < M; ++m) {
             a.a = gsrow.data() + m * L;
             a.b = y1src.data() + m * L;
-            a.acc = accw2.data() + m * L * L * lanes;
+            a.acc = A.accw2.data() + m * L * L * lanes;
             kern.nt(a);
           }
         }
-        if (mask[2]) row_sums(gy1row.data(), len, nb, accb1.data());
+        if (mask[2]) row_sums(gy1row.data(), len, nb, A.accb1.data());
         if (mask[1]) {  // grad_w1[l*M+m][k] += sum_px gy1[l*M+m] * src_k
           NtArgs<S> b = nt_args(M, K1, len, nb, L * K1);
           b.boff = nb_boff;
           for (int64_t l = 0; l < L; ++l) {
             b.a = gy1row.data() + l * M;
             b.b = taps.data() + l * K1;
-            b.acc = accw1.data() + l * M * K1 * lanes;
+            b.acc = A.accw1.data() + l * M * K1 * lanes;
             kern.nt(b);
           }
         }
-        pending += nb * len;
+        A.added(nb * len);
         nb = 0;
-        if (pending >= kFlushPixels) {
-          flush_all();
-          pending = 0;
-        }
       };
 
       // Output row oy of image n: gs, grad_y1 (into the ring), and when `owned` the weight sums.
@@ -450,24 +422,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
         weight_sums();  // a batch never spans images: the ring and the row cache move on
       }
       weight_sums();
-      flush_all();
+      A.flush();
       if (gin.stream) kern.store_fence();
     }
   });
 
-  auto reduce = [&](std::vector<double> GradAcc<S>::*field, const Tensor& like) {
-    Tensor r = at::empty(like.sizes(), x.options().dtype(at::kDouble));
-    double* rp = r.data_ptr<double>();
-    std::fill(rp, rp + r.numel(), 0.0);
-    for (const auto& A : accs)
-      for (int64_t e = 0; e < r.numel(); ++e) rp[e] += (A.*field)[e];
-    return r.to(x.scalar_type());
-  };
-  Tensor b_like = at::empty({C}, x.options());
-  Tensor gw1 = mask[1] ? reduce(&GradAcc<S>::w1, w1) : empty;
-  Tensor gb1 = mask[2] ? reduce(&GradAcc<S>::b1, b_like) : empty;
-  Tensor gw2 = mask[3] ? reduce(&GradAcc<S>::w2, w2) : empty;
-  Tensor gb2 = mask[4] ? reduce(&GradAcc<S>::b2, b_like) : empty;
+  Tensor gw1, gb1, gw2, gb2;
+  std::tie(gw1, gb1, gw2, gb2) = reduce_grad_sums(accs, x, w1, w2, mask);
   return {gx, gw1, gb1, gw2, gb2};
 }
 
@@ -478,6 +439,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(const IGCConvParams&
                                                             const c10::optional<Tensor>& b1, const Tensor& w2,
                                                             const c10::optional<Tensor>& out,
                                                             const std::array<bool, 5>& mask) {
+  if (plane_backward_applies(p, grad_out, x, w1, w2, out)) return backward_plane(p, grad_out, x, w1, b1, w2, out, mask);
   IGC_CPU_DISPATCH(x.scalar_type(), "igc_conv_backward",
                    [&] { return backward_impl<T, S>(p, grad_out, x, w1, b1, w2, out, mask); })
 }

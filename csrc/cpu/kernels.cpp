@@ -297,6 +297,18 @@ const Kernels<float>* lookup(const char* name) {
 const Kernels<float>* g_float = nullptr;  // set at first use; atomics keep set_isa() race-free
 bool g_init = false;
 int g_winograd = -1;  // -1: not read yet from IGC_KERNELS_CPU_WINOGRAD
+int g_plane = -1;     // -1: not read yet from IGC_KERNELS_CPU_PLANE_BACKWARD
+
+// A switch read from an environment variable at first use ("0" turns it off).
+bool env_switch(int* state, const char* name) {
+  int on = __atomic_load_n(state, __ATOMIC_ACQUIRE);
+  if (on < 0) {
+    const char* v = getenv(name);
+    on = v != nullptr && strcmp(v, "0") == 0 ? 0 : 1;
+    __atomic_store_n(state, on, __ATOMIC_RELEASE);
+  }
+  return on == 1;
+}
 
 }  // namespace
 
@@ -319,17 +331,10 @@ bool set_isa(const char* name) {
   return true;
 }
 
-bool winograd_enabled() {
-  int on = __atomic_load_n(&g_winograd, __ATOMIC_ACQUIRE);
-  if (on < 0) {
-    const char* v = getenv("IGC_KERNELS_CPU_WINOGRAD");
-    on = v != nullptr && strcmp(v, "0") == 0 ? 0 : 1;
-    __atomic_store_n(&g_winograd, on, __ATOMIC_RELEASE);
-  }
-  return on == 1;
-}
-
+bool winograd_enabled() { return env_switch(&g_winograd, "IGC_KERNELS_CPU_WINOGRAD"); }
 void set_winograd(bool on) { __atomic_store_n(&g_winograd, on ? 1 : 0, __ATOMIC_RELEASE); }
+bool plane_backward_enabled() { return env_switch(&g_plane, "IGC_KERNELS_CPU_PLANE_BACKWARD"); }
+void set_plane_backward(bool on) { __atomic_store_n(&g_plane, on ? 1 : 0, __ATOMIC_RELEASE); }
 
 }  // namespace cpu
 }  // namespace igc
@@ -349,4 +354,11 @@ __attribute__((visibility("default"))) int igc_kernels_cpu_set_isa(const char* n
 // with igc_kernels_cpu_set_winograd (used by the tests to check both on one CPU).
 __attribute__((visibility("default"))) int igc_kernels_cpu_winograd(void) { return igc::cpu::winograd_enabled() ? 1 : 0; }
 __attribute__((visibility("default"))) void igc_kernels_cpu_set_winograd(int on) { igc::cpu::set_winograd(on != 0); }
+// Whether the backward of images up to 64 pixels wide runs on flat planes (1) or row by row (0).
+__attribute__((visibility("default"))) int igc_kernels_cpu_plane_backward(void) {
+  return igc::cpu::plane_backward_enabled() ? 1 : 0;
+}
+__attribute__((visibility("default"))) void igc_kernels_cpu_set_plane_backward(int on) {
+  igc::cpu::set_plane_backward(on != 0);
+}
 }

@@ -123,6 +123,10 @@ bool set_isa(const char* name);
 // (default yes; the environment variable IGC_KERNELS_CPU_WINOGRAD=0 turns it off at first use).
 bool winograd_enabled();
 void set_winograd(bool on);
+// Whether the backward of small images (backward_plane.cpp) processes bands of rows as flat planes
+// (default yes; IGC_KERNELS_CPU_PLANE_BACKWARD=0 turns it off at first use): the tests run both.
+bool plane_backward_enabled();
+void set_plane_backward(bool on);
 
 }  // namespace cpu
 }  // namespace igc

@@ -562,6 +562,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(const IGCConvParams&
                                                             const c10::optional<Tensor>& b1, const Tensor& w2,
                                                             const c10::optional<Tensor>& out,
                                                             const std::array<bool, 5>& mask);
+// The flat-plane backward for small images (backward_plane.cpp), and whether it takes this call.
+bool plane_backward_applies(const IGCConvParams& p, const Tensor& grad_out, const Tensor& x, const Tensor& w1,
+                            const Tensor& w2, const c10::optional<Tensor>& out);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_plane(const IGCConvParams& p, const Tensor& grad_out,
+                                                                  const Tensor& x, const Tensor& w1,
+                                                                  const c10::optional<Tensor>& b1, const Tensor& w2,
+                                                                  const c10::optional<Tensor>& out,
+                                                                  const std::array<bool, 5>& mask);
 
 }  // namespace cpu
 }  // namespace igc

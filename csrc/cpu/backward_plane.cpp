@@ -1,0 +1,287 @@
+// The backward of the fused CPU op for small images: each image is processed in bands of rows
+// laid out as flat planes, so every GEMM and reduction runs over a whole band at once.
+//
+// Why: at the training-patch shape (16x96x36x36) the row-by-row backward (backward.cpp) makes
+// five kernel calls per group and row over 36 pixels each, which spends most of its time on call
+// overhead, partial vectors and memory waits, not on multiply-adds. Here a band of h rows is one
+// "row" of h * Q pixels: each channel's rows sit one after another with a pitch of Q = W + pW, the
+// pW columns between them zero, so a tap (kh, kw) of the 'same'-padded conv is one pointer offset
+// (kh * Q + kw - pW) and padding needs no special case. Outputs at the gap columns are junk that
+// no result reads: the weight sums multiply them by zero gradients (the gap columns of gs and
+// grad_y1 are zero) and y1's gap columns are cleared.
+//
+// Per band [y0, y1) of image n, with ph = pH halo rows (grad_x of a row needs grad_y1 of ph rows
+// around it):
+//   xp  = the input rows [y0 - ph, y1 + ph), zero outside the image      (C_in planes)
+//   gs  = grad_out with the ReLU mask, rows [y0 - ph, y1 + ph)             (C_out planes)
+//   gy1 = the transposed secondary applied to gs, same rows                (C_mid planes)
+//   y1  = the primary recomputed from xp, rows [y0, y1)                    (C_mid planes)
+//   weight sums (NT kernel) over the band; grad_x rows [y0, y1) = gy1 correlated with the
+//   flipped primary weights, one group at a time through a small tile.
+// Applies to stride 1, dilation 1, odd kernels with 'same' padding, contiguous NCHW tensors of
+// float or double (backward.cpp takes everything else).
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+#include "grad_sums.h"
+#include "layer.h"
+
+namespace igc {
+namespace cpu {
+namespace {
+
+constexpr int64_t kLead = kLanes;  // zero elements before a padded plane (taps reach back pW)
+// Images at most this wide take this path (the row path's calls are long enough beyond it).
+constexpr int64_t kPlaneMaxWidth = 48;
+// Rows per band: about this many bytes of planes (xp, gs, gy1, y1) per band, to stay in L2.
+constexpr int64_t kPlaneBandBytes = int64_t(4) << 20;
+
+// Whether v[0..n) holds no Inf or NaN: an OR over "exponent all ones", which vectorizes (a loop
+// over std::isfinite does not).
+template <typename S>
+bool all_finite(const S* v, int64_t n) {
+  using U = typename std::conditional<sizeof(S) == 4, uint32_t, uint64_t>::type;
+  constexpr U exp_mask = sizeof(S) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+  U bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    U b;
+    std::memcpy(&b, v + i, sizeof(S));
+    bad |= (b & exp_mask) == exp_mask;
+  }
+  return bad == 0;
+}
+
+template <typename S>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> plane_impl(const IGCConvParams& p, const Tensor& grad_out,
+                                                             const Tensor& x, const Tensor& w1,
+                                                             const c10::optional<Tensor>& b1, const Tensor& w2,
+                                                             const c10::optional<Tensor>& out,
+                                                             const std::array<bool, 5>& mask) {
+  const Kernels<S>& kern = kernels<S>();
+  const Layer<S> g(p, w1, b1, w2, c10::nullopt);
+  const int64_t L = p.L, M = p.M, Min = p.M_in, C = p.C_out, Cin = p.C_in, K1 = g.K1, lanes = kern.lanes;
+  const int64_t H = p.H, W = p.W, ph = p.pH, pw = p.pW, kH = p.kH, kW = p.kW, Kx = M * kH * kW;
+  const bool relu = p.activation == kActRelu;
+  const bool need_y1 = mask[3], need_gy1 = mask[0] || mask[1] || mask[2], need_pack = need_y1 || mask[1];
+  const S* xp = x.data_ptr<S>();
+  const S* gp = grad_out.data_ptr<S>();
+  const S* op = relu ? out->data_ptr<S>() : nullptr;
+  Tensor empty = at::empty({0}, x.options());
+  Tensor gx = mask[0] ? at::empty_like(x, at::MemoryFormat::Contiguous) : empty;
+  S* gxp = mask[0] ? gx.data_ptr<S>() : nullptr;
+  const bool emit_gx = mask[0] && gx.numel() > 0;
+
+  const int64_t Q = W + pw;  // plane pitch: pw shared zero columns after each row
+  const int64_t row_bytes = (Cin + 3 * C) * Q * int64_t(sizeof(S));
+  const int64_t rmax = std::max<int64_t>(1, std::min(H, kPlaneBandBytes / row_bytes));
+  // Enough bands for every thread when there are few images (but bands of at least 8 rows).
+  const int64_t nthreads = at::get_num_threads();
+  const int64_t want = std::max((H + rmax - 1) / rmax, std::min((nthreads + p.N - 1) / p.N, H / 8));
+  const int64_t hmax = (H + want - 1) / want, nbands = (H + hmax - 1) / hmax;  // no band left empty
+  const int64_t hh = hmax + 2 * ph;  // rows of a band with its halo
+  // Padded planes (xp, gy1): row r of the band's halo range at kLead + r * Q; taps read up to pw
+  // before and, rounded to whole vectors, up to pw + kLanes after.
+  const int64_t padded = round_up(kLead + hh * Q + pw + kLanes, kLanes);
+  const int64_t flat = round_up(hh * Q + kLanes, kLanes);  // gs, y1, grad_x tiles
+  const int64_t items = p.N * nbands;
+  const int64_t cost = H * W * C * (3 * K1 + 2 * L);
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), items, p.N * cost >> 20}));
+
+  // grad_x's weights: entry ((l * Kx + k) * Min + ci), k = (kh * M + m) * kW + kw, holds
+  // w1[l*M+m][ci][kh][kW-1-kw] (the source of tap (kh, m, kw) is gy1 shifted by (ph-kh, kw-pw)).
+  std::vector<S> wgx(L * Kx * Min);
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t ci = 0; ci < Min; ++ci)
+        for (int64_t kh = 0; kh < kH; ++kh)
+          for (int64_t kw = 0; kw < kW; ++kw)
+            wgx[(l * Kx + (kh * M + m) * kW + kw) * Min + ci] = g.w1[(((l * M + m) * Min + ci) * kH + kh) * kW + (kW - 1 - kw)];
+
+  std::vector<GradSums<S>> sums(chunks);
+  at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t ch = cb; ch < ce; ++ch) {
+      GradSums<S>& A = sums[ch];
+      A.init(p, K1, lanes, mask);
+      LineVec<S> XP(need_pack ? Cin * padded : 0, S(0)), GS(C * flat, S(0)), GY1(need_gy1 ? C * padded : 0, S(0));
+      LineVec<S> Y1(need_y1 ? C * flat : 0, S(0)), GX(emit_gx ? Min * flat : 0, S(0));
+      const std::vector<S> ones(flat, S(1));
+      const S* ones_row = ones.data();
+      // Row lists: taps of the packed input (c, kh, kw); gs in secondary-channel order; y1 and
+      // gy1 in mid-channel order, and as the secondary's rows GEMM writes them (m*L + l).
+      std::vector<const S*> taps(Cin * kH * kW), gsrow(C), y1row(C), y1src(C), gy1row(C), gxsrc(L * Kx);
+      std::vector<S*> y1dst(C), gy1dst(C), gxdst(Min);
+      for (int64_t c = 0; c < Cin && need_pack; ++c)
+        for (int64_t kh = 0; kh < kH; ++kh)
+          for (int64_t kw = 0; kw < kW; ++kw) taps[(c * kH + kh) * kW + kw] = XP.data() + c * padded + kLead + kh * Q + kw - pw;
+      for (int64_t c2 = 0; c2 < C; ++c2) gsrow[c2] = GS.data() + p.out_channel(c2 / L, c2 % L) * flat;
+      for (int64_t l = 0; l < L; ++l)
+        for (int64_t m = 0; m < M; ++m) {
+          const int64_t c1 = l * M + m;
+          if (need_y1) {
+            y1dst[c1] = Y1.data() + c1 * flat;
+            y1src[m * L + l] = y1dst[c1];
+          }
+          if (need_gy1) {
+            gy1row[c1] = GY1.data() + c1 * padded + kLead;  // row 0 of the halo range
+            gy1dst[m * L + l] = GY1.data() + c1 * padded + kLead;
+            for (int64_t kh = 0; kh < kH; ++kh)
+              for (int64_t kw = 0; kw < kW; ++kw)
+                gxsrc[l * Kx + (kh * M + m) * kW + kw] = gy1row[c1] + (2 * ph - kh) * Q + kw - pw;
+          }
+        }
+      for (int64_t ci = 0; ci < Min; ++ci) gxdst[ci] = GX.data() + ci * flat;
+
+      auto nt = [&](int64_t MA, int64_t NB, const S* const* a, int64_t aoff, const S* const* b, int64_t boff,
+                    int64_t P, S* acc) {
+        NtArgs<S> t;
+        t.MA = MA;
+        t.NB = NB;
+        t.P = P;
+        t.a = a;
+        t.aoff = aoff;
+        t.b = b;
+        t.boff = boff;
+        t.acc = acc;
+        t.ld = NB;
+        kern.nt(t);
+      };
+
+      const int64_t i0 = items * ch / chunks, i1 = items * (ch + 1) / chunks;
+      for (int64_t it = i0; it < i1; ++it) {
+        const int64_t n = it / nbands, y0 = it % nbands * hmax, h = std::min(H, y0 + hmax) - y0, P = h * Q;
+        // The rows of the halo range [r0, r1) this band reads: all of them for grad_x, else its own.
+        const int64_t r0 = emit_gx ? 0 : ph, r1 = emit_gx ? h + 2 * ph : h + ph;
+        bool finite = true;  // a non-finite input times a junk column's zero gradient is NaN (grad_w1)
+        if (need_pack) {
+          for (int64_t c = 0; c < Cin; ++c)
+            for (int64_t r = 0; r < h + 2 * ph; ++r) {
+              const int64_t y = y0 - ph + r;
+              S* d = XP.data() + c * padded + kLead + r * Q;
+              if (y >= 0 && y < H) {
+                std::memcpy(d, xp + ((n * Cin + c) * H + y) * W, W * sizeof(S));
+                finite = finite && all_finite(d, W);
+              } else {
+                std::fill(d, d + W, S(0));
+              }
+            }
+        }
+        // gs: grad_out with the activation's mask, zero rows outside the image.
+        for (int64_t oc = 0; oc < C; ++oc)
+          for (int64_t r = r0; r < r1; ++r) {
+            const int64_t y = y0 - ph + r;
+            S* d = GS.data() + oc * flat + r * Q;
+            if (y < 0 || y >= H) {
+              std::fill(d, d + W, S(0));
+              continue;
+            }
+            const int64_t off = ((n * C + oc) * H + y) * W;
+            if (relu) {
+              kern.relu_mask(gp + off, op + off, d, W);
+            } else {
+              std::memcpy(d, gp + off, W * sizeof(S));
+            }
+          }
+        if (need_gy1) {  // gy1[l*M+m] = sum_j w2[m*L+j][l] * gs[m*L+j], over the rows [r0, r1)
+          const int64_t Pg = (r1 - r0) * Q;
+          if (L == 1) {  // a per-channel scale (VDSR's head and tail)
+            for (int64_t m = 0; m < M; ++m) {
+              const S wv = g.w2[m];
+              const S* __restrict s = gsrow[m] + r0 * Q;
+              S* __restrict d = gy1dst[m] + r0 * Q;
+              for (int64_t i = 0; i < Pg; ++i) d[i] = wv * s[i];
+            }
+          } else {
+            RowsArgs<S> a;
+            a.MB = L;
+            a.K = L;
+            a.P = Pg;
+            a.ldw = L;
+            a.soff = r0 * Q;
+            std::vector<S*> d(L);
+            for (int64_t m = 0; m < M; ++m) {
+              for (int64_t l = 0; l < L; ++l) d[l] = gy1dst[m * L + l] + r0 * Q;
+              a.w = g.w2.data() + m * L * L;
+              a.src = gsrow.data() + m * L;
+              a.dst = d.data();
+              kern.rows(a);
+            }
+          }
+        }
+        if (need_y1) {  // recompute y1 over the band, then clear its junk columns
+          for (int64_t l = 0; l < L; ++l) {
+            primary_group(g, kern, l, taps.data() + l * K1, y1dst.data() + l * M, 0, P);
+          }
+          for (int64_t c1 = 0; c1 < C; ++c1)
+            for (int64_t r = 0; r < h; ++r) std::fill(y1dst[c1] + r * Q + W, y1dst[c1] + (r + 1) * Q, S(0));
+        }
+        // Weight and bias sums over the band's own rows (gs and gy1 from halo row ph on).
+        if (mask[4]) nt(C, 1, gsrow.data(), ph * Q, &ones_row, 0, P, A.accb2.data());
+        if (mask[3])
+          for (int64_t m = 0; m < M; ++m)
+            nt(L, L, gsrow.data() + m * L, ph * Q, y1src.data() + m * L, 0, P, A.accw2.data() + m * L * L * lanes);
+        if (mask[2]) nt(C, 1, gy1row.data(), ph * Q, &ones_row, 0, P, A.accb1.data());
+        if (mask[1])
+          for (int64_t l = 0; l < L; ++l) {
+            S* acc = A.accw1.data() + l * M * K1 * lanes;
+            if (finite) {
+              nt(M, K1, gy1row.data() + l * M, ph * Q, taps.data() + l * K1, 0, P, acc);
+            } else {  // row by row, so no junk column meets the input (exact NaN/Inf as the reference)
+              for (int64_t r = 0; r < h; ++r) nt(M, K1, gy1row.data() + l * M, (ph + r) * Q, taps.data() + l * K1, r * Q, W, acc);
+            }
+          }
+        A.added(P);
+        if (emit_gx) {  // grad_x rows [y0, y1), one group's M_in channels at a time
+          RowsArgs<S> a;
+          a.MB = Min;
+          a.K = Kx;
+          a.P = P;
+          a.ldw = Min;
+          a.dst = gxdst.data();
+          for (int64_t l = 0; l < L; ++l) {
+            a.w = wgx.data() + l * Kx * Min;
+            a.src = gxsrc.data() + l * Kx;
+            kern.rows(a);
+            for (int64_t ci = 0; ci < Min; ++ci)
+              for (int64_t r = 0; r < h; ++r)
+                std::memcpy(gxp + ((n * Cin + l * Min + ci) * H + y0 + r) * W, gxdst[ci] + r * Q, W * sizeof(S));
+          }
+        }
+      }
+      A.flush();
+    }
+  });
+
+  Tensor gw1, gb1, gw2, gb2;
+  std::tie(gw1, gb1, gw2, gb2) = reduce_grad_sums(sums, x, w1, w2, mask);
+  return {gx, gw1, gb1, gw2, gb2};
+}
+
+}  // namespace
+
+bool plane_backward_applies(const IGCConvParams& p, const Tensor& grad_out, const Tensor& x, const Tensor& w1,
+                            const Tensor& w2, const c10::optional<Tensor>& out) {
+  if (!plane_backward_enabled()) return false;
+  if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble) return false;
+  if (p.sH != 1 || p.sW != 1 || p.dH != 1 || p.dW != 1 || p.kH % 2 == 0 || p.kW % 2 == 0) return false;
+  if (p.pH != (p.kH - 1) / 2 || p.pW != (p.kW - 1) / 2 || p.pW >= kLead) return false;
+  if (p.W > kPlaneMaxWidth || p.N == 0 || p.H == 0 || p.W == 0) return false;
+  if (!x.is_contiguous() || !grad_out.is_contiguous() || grad_out.scalar_type() != x.scalar_type()) return false;
+  if (p.activation == kActRelu && (!out || !out->is_contiguous() || out->scalar_type() != x.scalar_type())) return false;
+  // Junk columns meet the weights (0 * Inf); non-finite weights keep the row path's exact NaN/Inf.
+  return at::isfinite(w1).all().item<bool>() && at::isfinite(w2).all().item<bool>();
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_plane(const IGCConvParams& p, const Tensor& grad_out,
+                                                                  const Tensor& x, const Tensor& w1,
+                                                                  const c10::optional<Tensor>& b1, const Tensor& w2,
+                                                                  const c10::optional<Tensor>& out,
+                                                                  const std::array<bool, 5>& mask) {
+  if (x.scalar_type() == at::kDouble) return plane_impl<double>(p, grad_out, x, w1, b1, w2, out, mask);
+  return plane_impl<float>(p, grad_out, x, w1, b1, w2, out, mask);
+}
+
+}  // namespace cpu
+}  // namespace igc
