@@ -54,6 +54,41 @@ bool all_finite(const S* v, int64_t n) {
   return bad == 0;
 }
 
+// One thread's planes, kept from call to call for the same geometry: allocated afresh, their 2 MB
+// or so per thread came from new mappings on most calls (glibc maps big blocks and returns them
+// when freed), and faulting in and zeroing those pages cost a quarter of the backward at
+// 16x96x36x36. The zeros the planes rely on (gap columns, lead and slack) are never overwritten,
+// so a reused set is as good as a fresh one.
+template <typename S>
+struct PlaneBuffers {
+  std::array<int64_t, 6> geometry{};  // Q, padded, flat, C_in, C_out, M_in
+  LineVec<S> XP, GS, GY1, Y1, GX;
+};
+
+// The calling thread's planes for `geometry` (a few geometries are kept: a network alternates
+// its head, body and tail layers).
+template <typename S>
+PlaneBuffers<S>& plane_buffers(const std::array<int64_t, 6>& geometry) {
+  constexpr size_t kKept = 4;
+  thread_local std::vector<PlaneBuffers<S>> kept;  // most recently used first
+  for (size_t i = 0; i < kept.size(); ++i)
+    if (kept[i].geometry == geometry) {
+      std::rotate(kept.begin(), kept.begin() + i, kept.begin() + i + 1);
+      return kept[0];
+    }
+  if (kept.size() == kKept) kept.pop_back();
+  kept.insert(kept.begin(), PlaneBuffers<S>());
+  PlaneBuffers<S>& b = kept[0];
+  const int64_t padded = geometry[1], flat = geometry[2];
+  b.geometry = geometry;
+  b.XP.assign(geometry[3] * padded, S(0));
+  b.GS.assign(geometry[4] * flat, S(0));
+  b.GY1.assign(geometry[4] * padded, S(0));
+  b.Y1.assign(geometry[4] * flat, S(0));
+  b.GX.assign(geometry[5] * flat, S(0));
+  return b;
+}
+
 template <typename S>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> plane_impl(const IGCConvParams& p, const Tensor& grad_out,
                                                              const Tensor& x, const Tensor& w1,
@@ -105,8 +140,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> plane_impl(const IGCConvParam
     for (int64_t ch = cb; ch < ce; ++ch) {
       GradSums<S>& A = sums[ch];
       A.init(p, K1, lanes, mask);
-      LineVec<S> XP(need_pack ? Cin * padded : 0, S(0)), GS(C * flat, S(0)), GY1(need_gy1 ? C * padded : 0, S(0));
-      LineVec<S> Y1(need_y1 ? C * flat : 0, S(0)), GX(emit_gx ? Min * flat : 0, S(0));
+      PlaneBuffers<S>& buf = plane_buffers<S>({Q, padded, flat, Cin, C, Min});
+      LineVec<S>&XP = buf.XP, &GS = buf.GS, &GY1 = buf.GY1, &Y1 = buf.Y1, &GX = buf.GX;
       const std::vector<S> ones(flat, S(1));
       const S* ones_row = ones.data();
       // Row lists: taps of the packed input (c, kh, kw); gs in secondary-channel order; y1 and

@@ -25,7 +25,9 @@
 // reduces the weight gradients with the NT kernel (per-chunk accumulators, folded into double)
 // and keeps the few grad_y1 rows grad_x needs in a ring, from which each input row of grad_x is
 // formed as a correlation of zero-upsampled grad_y1 rows with the flipped primary weights
-// (see backward.cpp): it allocates nothing of activation size besides its outputs.
+// (see backward.cpp): it allocates nothing of activation size besides its outputs. Images up to 48
+// pixels wide take backward_plane.cpp instead: the same steps on bands of rows laid out as flat
+// planes, so each kernel call covers a whole band rather than one short row.
 #pragma once
 
 #include <ATen/ATen.h>
