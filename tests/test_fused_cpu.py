@@ -13,6 +13,7 @@ and so is the backward of small images on flat planes (``igc_kernels_cpu_set_pla
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import subprocess
@@ -170,13 +171,30 @@ BAND_CASES = [
 ]
 
 
+@contextlib.contextmanager
+def _num_threads(threads: int):
+    """torch.set_num_threads(threads) for a block, restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _switched(name: str, on: bool):
+    """Turn the CPU kernels' switch igc_kernels_cpu_set_<name> on or off for one test."""
+    lib = _lib()
+    get, put = getattr(lib, f"igc_kernels_cpu_{name}"), getattr(lib, f"igc_kernels_cpu_set_{name}")
+    before = get()
+    put(int(on))
+    yield on
+    put(before)
+
+
 @pytest.fixture(params=[True, False], ids=["winograd", "direct"])
 def winograd(request):
-    lib = _lib()
-    before = lib.igc_kernels_cpu_winograd()
-    lib.igc_kernels_cpu_set_winograd(int(request.param))
-    yield request.param
-    lib.igc_kernels_cpu_set_winograd(before)
+    yield from _switched("winograd", request.param)
 
 
 # Rows whose last vector holds at most half a vector run it at half width on AVX-512 (rows GEMM,
@@ -270,21 +288,13 @@ def test_winograd_switch_reported():
 @pytest.mark.parametrize("threads", [3, 4])
 @pytest.mark.parametrize("case", BAND_CASES, ids=[f"band{i}" for i in range(len(BAND_CASES))])
 def test_backward_row_bands(case, threads):
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
+    with _num_threads(threads):
         _check_case(case, seed=31 + threads)
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(params=[True, False], ids=["plane", "rows"])
 def plane(request):
-    lib = _lib()
-    before = lib.igc_kernels_cpu_plane_backward()
-    lib.igc_kernels_cpu_set_plane_backward(int(request.param))
-    yield request.param
-    lib.igc_kernels_cpu_set_plane_backward(before)
+    yield from _switched("plane_backward", request.param)
 
 
 # The backward of images up to 48 pixels wide (stride 1, dilation 1, odd kernels, 'same' padding,
@@ -308,22 +318,14 @@ PLANE_CASES = [
 @pytest.mark.parametrize("threads", [1, 4])
 @pytest.mark.parametrize("case", PLANE_CASES, ids=[f"plane{i}" for i in range(len(PLANE_CASES))])
 def test_plane_backward(case, threads, plane, isa):
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
+    with _num_threads(threads):
         _check_case(case, seed=61 + threads)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_plane_backward_many_bands(plane):
     """Ten threads on one image of 81 rows: bands of 9 rows (as many as fit; none left empty)."""
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(10)
+    with _num_threads(10):
         _check_case(IGCCase(N=1, L=2, M_in=2, M=3, H=81, W=5), seed=71)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_plane_backward_gradcheck_float64(plane):

@@ -243,11 +243,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
       // NT arguments for segments of `len` pixels in `nseg` batch slots: a's rows of slot s start at
       // a[s * C], b's at b[s * sb]; the result is MA x NB (ld NB).
       auto nt_args = [&](int64_t MA, int64_t NB, int64_t len, int64_t nseg, int64_t sb) {
-        NtArgs<S> a;
-        a.MA = MA;
-        a.NB = NB;
-        a.P = len;
-        a.ld = NB;
+        NtArgs<S> a = nt_sum<S>(MA, NB, len);
         a.nseg = nseg;
         a.sa = C;
         a.sb = sb;

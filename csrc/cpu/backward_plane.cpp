@@ -171,16 +171,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> plane_impl(const IGCConvParam
 
       auto nt = [&](int64_t MA, int64_t NB, const S* const* a, int64_t aoff, const S* const* b, int64_t boff,
                     int64_t P, S* acc) {
-        NtArgs<S> t;
-        t.MA = MA;
-        t.NB = NB;
-        t.P = P;
+        NtArgs<S> t = nt_sum<S>(MA, NB, P);
         t.a = a;
         t.aoff = aoff;
         t.b = b;
         t.boff = boff;
         t.acc = acc;
-        t.ld = NB;
         kern.nt(t);
       };
 

@@ -16,6 +16,17 @@
 namespace igc {
 namespace cpu {
 
+// NT kernel arguments for an MA x NB sum over P pixels (one segment, result rows of NB entries).
+template <typename S>
+NtArgs<S> nt_sum(int64_t MA, int64_t NB, int64_t P) {
+  NtArgs<S> a;
+  a.MA = MA;
+  a.NB = NB;
+  a.P = P;
+  a.ld = NB;
+  return a;
+}
+
 template <typename S>
 struct GradSums {
   std::vector<double> w1, b1, w2, b2;     // folded sums, in the layout of w1, b1, w2, b2
