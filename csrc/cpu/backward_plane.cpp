@@ -65,21 +65,31 @@ struct PlaneBuffers {
   LineVec<S> XP, GS, GY1, Y1, GX;
 };
 
-// The calling thread's planes for `geometry` (a few geometries are kept: a network alternates
-// its head, body and tail layers).
+// The calling thread's planes for `geometry`. A few geometries are kept (a network alternates its
+// head, body and tail layers), the least recently used dropped first, within kKeptBytes per thread
+// (bands are sized so that one set is a few MiB at most).
+constexpr int64_t kKeptBytes = int64_t(16) << 20;
 template <typename S>
 PlaneBuffers<S>& plane_buffers(const std::array<int64_t, 6>& geometry) {
-  constexpr size_t kKept = 4;
   thread_local std::vector<PlaneBuffers<S>> kept;  // most recently used first
   for (size_t i = 0; i < kept.size(); ++i)
     if (kept[i].geometry == geometry) {
       std::rotate(kept.begin(), kept.begin() + i, kept.begin() + i + 1);
       return kept[0];
     }
-  if (kept.size() == kKept) kept.pop_back();
+  const int64_t padded = geometry[1], flat = geometry[2];
+  const int64_t bytes = ((geometry[3] + geometry[4]) * padded + (2 * geometry[4] + geometry[5]) * flat) * int64_t(sizeof(S));
+  int64_t total = bytes;
+  size_t keep = 0;  // how many of the kept sets fit beside the new one
+  while (keep < kept.size()) {
+    const PlaneBuffers<S>& k = kept[keep];
+    total += int64_t((k.XP.size() + k.GS.size() + k.GY1.size() + k.Y1.size() + k.GX.size()) * sizeof(S));
+    if (total > kKeptBytes) break;
+    ++keep;
+  }
+  kept.resize(keep);
   kept.insert(kept.begin(), PlaneBuffers<S>());
   PlaneBuffers<S>& b = kept[0];
-  const int64_t padded = geometry[1], flat = geometry[2];
   b.geometry = geometry;
   b.XP.assign(geometry[3] * padded, S(0));
   b.GS.assign(geometry[4] * flat, S(0));
