@@ -66,27 +66,12 @@ struct GradInput {
     return std::min(p.H_out - 1, (iy + p.pH) / p.sH);
   }
 
-  // The weights of the rows GEMM for the valid kernel rows `valid`, in the order emit appends
-  // their sources: entry ((l * Kx + k) * M_in + ci), k = (nv * M + m) * kW + kw, nv counting the
-  // valid rows before kh, holds w1[l*M+m][ci][kh][kW-1-kw].
+  // The weights of the rows GEMM for the valid kernel rows `valid` (flipped_primary_weights),
+  // built once per set of valid rows.
   const S* weights_for(uint64_t valid) {
     for (const auto& e : wg_of)
       if (e.first == valid) return e.second.data();
-    const IGCConvParams& p = g.p;
-    const int64_t M = p.M, Min = p.M_in;
-    std::vector<S> wg(p.L * Kx * Min, S(0));
-    int64_t nv = 0;
-    for (int64_t kh = 0; kh < p.kH; ++kh) {
-      if (!(valid >> kh & 1)) continue;
-      for (int64_t l = 0; l < p.L; ++l)
-        for (int64_t m = 0; m < M; ++m)
-          for (int64_t kw = 0; kw < p.kW; ++kw)
-            for (int64_t ci = 0; ci < Min; ++ci)
-              wg[(l * Kx + (nv * M + m) * p.kW + kw) * Min + ci] =
-                  g.w1[(((l * M + m) * Min + ci) * p.kH + kh) * p.kW + (p.kW - 1 - kw)];
-      ++nv;
-    }
-    wg_of.emplace_back(valid, std::move(wg));
+    wg_of.emplace_back(valid, flipped_primary_weights(g, valid));
     return wg_of.back().second.data();
   }
 

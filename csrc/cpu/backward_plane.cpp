@@ -135,18 +135,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> plane_impl(const IGCConvParam
   const int64_t flat = round_up(hh * Q + kLanes, kLanes);  // gs, y1, grad_x tiles
   const int64_t items = p.N * nbands;
   const int64_t cost = H * W * C * (3 * K1 + 2 * L);
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), items, p.N * cost >> 20}));
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>({nthreads, items, p.N * cost >> 20}));
 
-  // grad_x's weights (as backward.cpp's GradInput builds them for rows with every kernel row
-  // valid): entry ((l * Kx + k) * Min + ci), k = (kh * M + m) * kW + kw, holds
-  // w1[l*M+m][ci][kh][kW-1-kw] (the source of tap (kh, m, kw) is gy1 shifted by (ph-kh, kw-pw)).
-  std::vector<S> wgx(L * Kx * Min);
-  for (int64_t l = 0; l < L; ++l)
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t ci = 0; ci < Min; ++ci)
-        for (int64_t kh = 0; kh < kH; ++kh)
-          for (int64_t kw = 0; kw < kW; ++kw)
-            wgx[(l * Kx + (kh * M + m) * kW + kw) * Min + ci] = g.w1[(((l * M + m) * Min + ci) * kH + kh) * kW + (kW - 1 - kw)];
+  // grad_x's weights with every kernel row valid: the source of tap (kh, m, kw) is gy1 shifted by
+  // (ph - kh, kw - pw).
+  const std::vector<S> wgx = flipped_primary_weights(g, (uint64_t(1) << kH) - 1);
 
   std::vector<GradSums<S>> sums(chunks);
   at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
@@ -310,7 +303,7 @@ bool plane_backward_applies(const IGCConvParams& p, const Tensor& grad_out, cons
   if (!plane_backward_enabled()) return false;
   if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble) return false;
   if (p.sH != 1 || p.sW != 1 || p.dH != 1 || p.dW != 1 || p.kH % 2 == 0 || p.kW % 2 == 0) return false;
-  if (p.pH != (p.kH - 1) / 2 || p.pW != (p.kW - 1) / 2 || p.pW >= kLead) return false;
+  if (p.pH != (p.kH - 1) / 2 || p.pW != (p.kW - 1) / 2 || p.pW >= kLead || p.kH >= 64) return false;  // kH: a bit mask
   if (p.W > kPlaneMaxWidth || p.N == 0 || p.H == 0 || p.W == 0) return false;
   if (!x.is_contiguous() || !grad_out.is_contiguous() || grad_out.scalar_type() != x.scalar_type()) return false;
   if (p.activation == kActRelu && (!out || !out->is_contiguous() || out->scalar_type() != x.scalar_type())) return false;

@@ -354,7 +354,7 @@ __attribute__((visibility("default"))) int igc_kernels_cpu_set_isa(const char* n
 // with igc_kernels_cpu_set_winograd (used by the tests to check both on one CPU).
 __attribute__((visibility("default"))) int igc_kernels_cpu_winograd(void) { return igc::cpu::winograd_enabled() ? 1 : 0; }
 __attribute__((visibility("default"))) void igc_kernels_cpu_set_winograd(int on) { igc::cpu::set_winograd(on != 0); }
-// Whether the backward of images up to 64 pixels wide runs on flat planes (1) or row by row (0).
+// Whether the backward of images up to 48 pixels wide runs on flat planes (1) or row by row (0).
 __attribute__((visibility("default"))) int igc_kernels_cpu_plane_backward(void) {
   return igc::cpu::plane_backward_enabled() ? 1 : 0;
 }

@@ -533,6 +533,30 @@ void primary_segment(const Layer<S>& g, const Kernels<S>& kern, const S* const* 
   }
 }
 
+// The weights of grad_x's rows GEMM (the backward's correlation of grad_y1 with the flipped
+// primary) for the kernel rows in `valid` (bit kh), in the order the backward appends their
+// sources: entry ((l * Kx + k) * M_in + ci), Kx = M * kH * kW, k = (nv * M + m) * kW + kw with nv
+// counting the valid rows before kh, holds w1[l*M+m][ci][kh][kW-1-kw]; entries of rows past the
+// valid ones are zero.
+template <typename S>
+std::vector<S> flipped_primary_weights(const Layer<S>& g, uint64_t valid) {
+  const IGCConvParams& p = g.p;
+  const int64_t M = p.M, Min = p.M_in, Kx = M * p.kH * p.kW;
+  std::vector<S> wg(p.L * Kx * Min, S(0));
+  int64_t nv = 0;
+  for (int64_t kh = 0; kh < p.kH; ++kh) {
+    if (!(valid >> kh & 1)) continue;
+    for (int64_t l = 0; l < p.L; ++l)
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t kw = 0; kw < p.kW; ++kw)
+          for (int64_t ci = 0; ci < Min; ++ci)
+            wg[(l * Kx + (nv * M + m) * p.kW + kw) * Min + ci] =
+                g.w1[(((l * M + m) * Min + ci) * p.kH + kh) * p.kW + (p.kW - 1 - kw)];
+    ++nv;
+  }
+  return wg;
+}
+
 // float32 and float64 compute in their own type; bfloat16 is read and written as bf16 and
 // computed in float32.
 #define IGC_CPU_DISPATCH(dtype, NAME, ...)                                                              \
