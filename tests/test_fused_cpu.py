@@ -387,13 +387,32 @@ def test_single_primary_group(case, isa):
 
 
 def test_streamed_output(isa):
-    """Outputs and grad_x of 16 MiB and more are written with non-temporal stores (aligned full
-    vectors; the rest, as W=250 gives, with plain stores): same values as the reference on every
-    ISA path. Rows this long also take the backward's path without software prefetch."""
+    """The row-by-row backward writes grad_x of 16 MiB and more with non-temporal stores (aligned
+    full vectors; the rest, as W=250 gives, with plain stores): same values as the reference on
+    every ISA path. Rows this long also take the backward's path without software prefetch."""
     case = IGCCase(N=1, L=24, M_in=4, M=4, H=180, W=250, residual=True)
     assert case.c_out * case.out_hw[0] * case.out_hw[1] * 4 >= 16 << 20
     assert case.L * case.M_in * case.H * case.W * 4 >= 16 << 20  # grad_x
     _check_case(case, seed=11)
+
+
+# From 4 MiB the forward streams its output where the stores cover whole cache lines (rows of
+# whole vectors, or joined tiles of four rows of a multiple of 4 pixels), and the plane backward
+# streams grad_x as one run per channel and band (copy_stream: plain stores before the run's first
+# aligned vector and after its last whole one). No ReLU: among a million outputs, float32 rounding
+# moves some across zero, and the float32 and float64 ReLU masks then differ (streaming does not
+# touch the activation).
+STREAM_CASES = [
+    IGCCase(N=9, L=24, M_in=4, M=4, H=36, W=36, activation=0),  # training patches: joined tiles, aligned runs
+    IGCCase(N=11, L=24, M_in=4, M=4, H=35, W=33, activation=0, residual=True),  # forward not streamed; unaligned runs
+    IGCCase(N=1, L=24, M_in=4, M=4, H=48, W=240, activation=0),  # rows of whole vectors; grad_x row by row
+]
+
+
+@pytest.mark.parametrize("case", STREAM_CASES, ids=[f"stream{i}" for i in range(len(STREAM_CASES))])
+def test_streamed_from_4_mib(case, isa):
+    assert case.N * case.c_out * case.out_hw[0] * case.out_hw[1] * 4 >= 4 << 20
+    _check_case(case, seed=13)
 
 
 def test_output_mask_and_batch_zero():

@@ -200,7 +200,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
       GradInput<T, S> gin(g, kern, emit_gx ? gx : Tensor());
       // As the forward's output: a big grad_x cannot stay in cache until the next layer's backward
       // reads it (1 thread at 1x96x256x256: 3-8% faster; no change at 16x96x36x36, 8 MB).
-      gin.stream = gin.direct && gx.nbytes() >= kStreamBytes;
+      gin.stream = gin.direct && gx.nbytes() >= kStreamRowGradXBytes;
       const int64_t Wg = gin.Wg, Lm = gin.Lm;
       const std::vector<const S*>& src = cache.src;
       // Per batch slot b: the gs and y1 tiles (C rows of ld), their row lists, and the grad_y1 rows

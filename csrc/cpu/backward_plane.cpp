@@ -120,6 +120,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> plane_impl(const IGCConvParam
   Tensor gx = mask[0] ? at::empty_like(x, at::MemoryFormat::Contiguous) : empty;
   S* gxp = mask[0] ? gx.data_ptr<S>() : nullptr;
   const bool emit_gx = mask[0] && gx.numel() > 0;
+  // grad_x bigger than the caches goes out with non-temporal stores (see kStreamBytes), each
+  // channel's rows of a band as one run, gathered from the tile first so that the run's lines are
+  // written whole.
+  const bool stream_gx = emit_gx && gx.nbytes() >= kStreamBytes;
 
   const int64_t Q = W + pw;  // plane pitch: pw shared zero columns after each row
   const int64_t row_bytes = (Cin + 3 * C) * Q * int64_t(sizeof(S));
@@ -174,6 +178,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> plane_impl(const IGCConvParam
           }
         }
       for (int64_t ci = 0; ci < Min; ++ci) gxdst[ci] = GX.data() + ci * flat;
+      LineVec<S> gxrun(stream_gx ? hmax * W : 0);
 
       auto nt = [&](int64_t MA, int64_t NB, const S* const* a, int64_t aoff, const S* const* b, int64_t boff,
                     int64_t P, S* acc) {
@@ -281,12 +286,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> plane_impl(const IGCConvParam
             a.w = wgx.data() + l * Kx * Min;
             a.src = gxsrc.data() + l * Kx;
             kern.rows(a);
-            for (int64_t ci = 0; ci < Min; ++ci)
-              for (int64_t r = 0; r < h; ++r)
-                std::memcpy(gxp + ((n * Cin + l * Min + ci) * H + y0 + r) * W, gxdst[ci] + r * Q, W * sizeof(S));
+            for (int64_t ci = 0; ci < Min; ++ci) {
+              S* run = gxp + ((n * Cin + l * Min + ci) * H + y0) * W;
+              S* rows = stream_gx ? gxrun.data() : run;
+              for (int64_t r = 0; r < h; ++r) std::memcpy(rows + r * W, gxdst[ci] + r * Q, W * sizeof(S));
+              if (stream_gx) kern.copy_stream(run, rows, h * W);
+            }
           }
         }
       }
+      if (stream_gx) kern.store_fence();
       A.flush();
     }
   });

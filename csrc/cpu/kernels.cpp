@@ -66,6 +66,8 @@ struct Generic {
   static IGC_AI void store(S* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
   static IGC_AI V bcast(S s) { V v = {}; return v + s; }
   static IGC_AI V fma(V a, V b, V c) { return a * b + c; }
+  // max(t, 0) that keeps NaN (as torch.relu): t < 0 ? 0 : t.
+  static IGC_AI V relu(V t) { const V z = {}; return t < z ? z : t; }
   static IGC_AI V load_partial(const S* p, int64_t rem) {
     S t[VL] = {};
     for (int64_t l = 0; l < rem; ++l) t[l] = p[l];
@@ -104,6 +106,8 @@ struct Avx2 {
   static IGC_AI void store(S* p, V v) { _mm256_storeu_ps(p, v); }
   static IGC_AI V bcast(S s) { return _mm256_set1_ps(s); }
   static IGC_AI V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  // vmaxps returns its second operand when either is NaN: NaN stays NaN, -0 stays -0.
+  static IGC_AI V relu(V t) { return _mm256_max_ps(_mm256_setzero_ps(), t); }
   // Lanes l < rem (1 <= rem < VL): a sliding window over {-1 x 8, 0 x 8} gives the lane mask.
   static IGC_AI __m256i mask(int64_t rem) {
     static const int32_t m[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
@@ -164,6 +168,7 @@ struct Avx512 {
   static IGC_AI void store(S* p, V v) { _mm512_storeu_ps(p, v); }
   static IGC_AI V bcast(S s) { return _mm512_set1_ps(s); }
   static IGC_AI V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static IGC_AI V relu(V t) { return _mm512_max_ps(_mm512_setzero_ps(), t); }  // as Avx2::relu
   // Lanes l < rem: masked, so lanes past the end are never touched (zero when loaded).
   static IGC_AI V load_partial(const S* p, int64_t rem) { return _mm512_maskz_loadu_ps(__mmask16((1u << rem) - 1), p); }
   static IGC_AI void store_partial(S* p, V v, int64_t rem) { _mm512_mask_storeu_ps(p, __mmask16((1u << rem) - 1), v); }
@@ -214,17 +219,21 @@ void relu_mask_generic_d(const double* g, const double* o, double* d, int64_t n)
   gen::relu_mask_impl<GenericD>(g, o, d, n);
 }
 
+void copy_stream_generic_f(float* d, const float* s, int64_t n) { gen::copy_stream_impl<GenericF>(d, s, n); }
+void copy_stream_generic_d(double* d, const double* s, int64_t n) { gen::copy_stream_impl<GenericD>(d, s, n); }
+
 int wino_pack_generic_f(const WinoPackArgs<float>& a) { return gen::wino_pack_impl<GenericF>(a); }
 void wino_generic_f(const WinoArgs<float>& a) { gen::wino_impl<GenericF>(a); }
 
 void no_fence() {}
 
-const Kernels<float> kGenericF = {"generic",           GenericF::VL,        rows_generic_f,
-                                  nt_generic_f,        no_fence,            transpose_generic_f,
-                                  relu_mask_generic_f, wino_pack_generic_f, wino_generic_f,
-                                  GenericF::WMB};
-const Kernels<double> kGenericD = {"generic", GenericD::VL,        rows_generic_d,      nt_generic_d, no_fence,
-                                   transpose_generic_d, relu_mask_generic_d, nullptr, nullptr, 0};
+const Kernels<float> kGenericF = {"generic",           GenericF::VL,          rows_generic_f,
+                                  nt_generic_f,        no_fence,              transpose_generic_f,
+                                  relu_mask_generic_f, copy_stream_generic_f, wino_pack_generic_f,
+                                  wino_generic_f,      GenericF::WMB};
+const Kernels<double> kGenericD = {"generic",           GenericD::VL,          rows_generic_d, nt_generic_d, no_fence,
+                                   transpose_generic_d, relu_mask_generic_d,   copy_stream_generic_d,
+                                   nullptr,             nullptr,               0};
 
 #if IGC_X86
 __attribute__((target("avx2,fma"))) void rows_avx2(const RowsArgs<float>& a) { x2::rows_impl<x2::Avx2>(a); }
@@ -253,6 +262,15 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void relu
   x512::relu_mask_impl<x512::Avx512>(g, o, d, n);
 }
 
+__attribute__((target("avx2,fma"))) void copy_stream_avx2(float* d, const float* s, int64_t n) {
+  x2::copy_stream_impl<x2::Avx2>(d, s, n);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void copy_stream_avx512(float* d,
+                                                                                             const float* s,
+                                                                                             int64_t n) {
+  x512::copy_stream_impl<x512::Avx512>(d, s, n);
+}
+
 __attribute__((target("avx2,fma"))) int wino_pack_avx2(const WinoPackArgs<float>& a) {
   return x2::wino_pack_impl<x2::Avx2>(a);
 }
@@ -267,10 +285,12 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void wino
 
 void sfence() { _mm_sfence(); }
 
-const Kernels<float> kAvx2 = {"avx2",         x2::Avx2::VL,   rows_avx2,      nt_avx2,   sfence,
-                              transpose_avx2, relu_mask_avx2, wino_pack_avx2, wino_avx2, x2::Avx2::WMB};
-const Kernels<float> kAvx512 = {"avx512",         x512::Avx512::VL, rows_avx512,      nt_avx512,   sfence,
-                                transpose_avx512, relu_mask_avx512, wino_pack_avx512, wino_avx512, x512::Avx512::WMB};
+const Kernels<float> kAvx2 = {"avx2",         x2::Avx2::VL,   rows_avx2,        nt_avx2,        sfence,
+                              transpose_avx2, relu_mask_avx2, copy_stream_avx2, wino_pack_avx2, wino_avx2,
+                              x2::Avx2::WMB};
+const Kernels<float> kAvx512 = {"avx512",         x512::Avx512::VL, rows_avx512,        nt_avx512,
+                                sfence,           transpose_avx512, relu_mask_avx512,   copy_stream_avx512,
+                                wino_pack_avx512, wino_avx512,      x512::Avx512::WMB};
 
 bool has_avx2() {
   __builtin_cpu_init();

@@ -105,6 +105,9 @@ struct Kernels {
   // d[i] = o[i] > 0 ? g[i] : 0 for i < n (the ReLU's gradient mask; NaN in o masks to 0, as in
   // torch's threshold_backward); d may be g.
   void (*relu_mask)(const S* g, const S* o, S* d, int64_t n);
+  // dst[i] = src[i] for i < n, with non-temporal stores on dst's whole aligned vectors and plain
+  // ones at its ends (RowsArgs::stream: callers run store_fence() before other threads read dst).
+  void (*copy_stream)(S* dst, const S* src, int64_t n);
   int (*wino_pack)(const WinoPackArgs<S>&);  // null: no Winograd path (float64)
   void (*wino)(const WinoArgs<S>&);
   int64_t wino_rows;  // output rows per block of wino()
