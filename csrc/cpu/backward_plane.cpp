@@ -317,7 +317,13 @@ bool plane_backward_applies(const IGCConvParams& p, const Tensor& grad_out, cons
   if (!x.is_contiguous() || !grad_out.is_contiguous() || grad_out.scalar_type() != x.scalar_type()) return false;
   if (p.activation == kActRelu && (!out || !out->is_contiguous() || out->scalar_type() != x.scalar_type())) return false;
   // Junk columns meet the weights (0 * Inf); non-finite weights keep the row path's exact NaN/Inf.
-  return at::isfinite(w1).all().item<bool>() && at::isfinite(w2).all().item<bool>();
+  // A loop over the few weights: at::isfinite(w).all() took about 1.4 ms of a 20-layer training step.
+  auto finite = [](const Tensor& w) {
+    const Tensor c = w.contiguous();
+    return c.scalar_type() == at::kDouble ? all_finite(c.data_ptr<double>(), c.numel())
+                                          : all_finite(c.data_ptr<float>(), c.numel());
+  };
+  return finite(w1) && finite(w2);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_plane(const IGCConvParams& p, const Tensor& grad_out,
