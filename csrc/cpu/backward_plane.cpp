@@ -198,17 +198,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> plane_impl(const IGCConvParam
         const int64_t r0 = emit_gx ? 0 : ph, r1 = emit_gx ? h + 2 * ph : h + ph;
         bool finite = true;  // a non-finite input times a junk column's zero gradient is NaN (grad_w1)
         if (need_pack) {
-          for (int64_t c = 0; c < Cin; ++c)
+          // The band's rows inside the image, [ya, yb): one run of each channel, checked as a whole.
+          const int64_t ya = std::max<int64_t>(0, y0 - ph), yb = std::min(H, y0 + h + ph);
+          for (int64_t c = 0; c < Cin; ++c) {
+            const S* run = xp + ((n * Cin + c) * H + ya) * W;
+            finite = finite && all_finite(run, (yb - ya) * W);
             for (int64_t r = 0; r < h + 2 * ph; ++r) {
               const int64_t y = y0 - ph + r;
               S* d = XP.data() + c * padded + kLead + r * Q;
-              if (y >= 0 && y < H) {
-                std::memcpy(d, xp + ((n * Cin + c) * H + y) * W, W * sizeof(S));
-                finite = finite && all_finite(d, W);
+              if (y >= ya && y < yb) {
+                std::memcpy(d, run + (y - ya) * W, W * sizeof(S));
               } else {
                 std::fill(d, d + W, S(0));
               }
             }
+          }
         }
         // gs: grad_out with the activation's mask, zero rows outside the image.
         for (int64_t oc = 0; oc < C; ++oc)
