@@ -203,33 +203,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> plane_impl(const IGCConvParam
           for (int64_t c = 0; c < Cin; ++c) {
             const S* run = xp + ((n * Cin + c) * H + ya) * W;
             finite = finite && all_finite(run, (yb - ya) * W);
-            for (int64_t r = 0; r < h + 2 * ph; ++r) {
-              const int64_t y = y0 - ph + r;
-              S* d = XP.data() + c * padded + kLead + r * Q;
-              if (y >= ya && y < yb) {
-                std::memcpy(d, run + (y - ya) * W, W * sizeof(S));
-              } else {
-                std::fill(d, d + W, S(0));
-              }
-            }
+            S* plane = XP.data() + c * padded + kLead;  // row r of the halo range at plane + r * Q
+            for (int64_t y = y0 - ph; y < ya; ++y) std::fill_n(plane + (y - y0 + ph) * Q, W, S(0));
+            kern.copy_rows(run, nullptr, W, plane + (ya - y0 + ph) * Q, Q, W, yb - ya);
+            for (int64_t y = yb; y < y0 + h + ph; ++y) std::fill_n(plane + (y - y0 + ph) * Q, W, S(0));
           }
         }
-        // gs: grad_out with the activation's mask, zero rows outside the image.
-        for (int64_t oc = 0; oc < C; ++oc)
-          for (int64_t r = r0; r < r1; ++r) {
-            const int64_t y = y0 - ph + r;
-            S* d = GS.data() + oc * flat + r * Q;
-            if (y < 0 || y >= H) {
-              std::fill(d, d + W, S(0));
-              continue;
-            }
-            const int64_t off = ((n * C + oc) * H + y) * W;
-            if (relu) {
-              kern.relu_mask(gp + off, op + off, d, W);
-            } else {
-              std::memcpy(d, gp + off, W * sizeof(S));
-            }
+        // gs: grad_out with the activation's mask, zero rows outside the image; rows [r0, r1) of
+        // the halo range, of which [ra, rb) lie in the image.
+        {
+          const int64_t ra = std::max(r0, ph - y0), rb = std::min(r1, H - y0 + ph);
+          for (int64_t oc = 0; oc < C; ++oc) {
+            S* plane = GS.data() + oc * flat;
+            for (int64_t r = r0; r < ra; ++r) std::fill_n(plane + r * Q, W, S(0));
+            const int64_t off = ((n * C + oc) * H + y0 - ph + ra) * W;
+            if (rb > ra) kern.copy_rows(gp + off, relu ? op + off : nullptr, W, plane + ra * Q, Q, W, rb - ra);
+            for (int64_t r = std::max(ra, rb); r < r1; ++r) std::fill_n(plane + r * Q, W, S(0));
           }
+        }
         if (need_gy1) {  // gy1[l*M+m] = sum_j w2[m*L+j][l] * gs[m*L+j], over the rows [r0, r1)
           const int64_t Pg = (r1 - r0) * Q;
           if (L == 1) {  // a per-channel scale (VDSR's head and tail)
@@ -293,7 +284,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> plane_impl(const IGCConvParam
             for (int64_t ci = 0; ci < Min; ++ci) {
               S* run = gxp + ((n * Cin + l * Min + ci) * H + y0) * W;
               S* rows = stream_gx ? gxrun.data() : run;
-              for (int64_t r = 0; r < h; ++r) std::memcpy(rows + r * W, gxdst[ci] + r * Q, W * sizeof(S));
+              kern.copy_rows(gxdst[ci], nullptr, Q, rows, W, W, h);
               if (stream_gx) kern.copy_stream(run, rows, h * W);
             }
           }
