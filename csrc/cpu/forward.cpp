@@ -142,8 +142,8 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
   const bool join = g.wino && direct && p.W_out <= kSegF && os.h == p.W_out && (!rp || rs.h == p.W_out);
   // Streaming only where the kernels' stores cover whole cache lines: every channel plane starts
   // on a line, and the rows are whole vectors or a joined tile's four rows are (W_out % 4 == 0).
-  // Elsewhere a row's NT and plain stores would share lines; the 36-pixel head conv's forward took
-  // 2.2 instead of 1.4 ms so.
+  // Elsewhere only the rows that happen to start on a line would stream, next to plain stores into
+  // the lines they share with their neighbours (not measured to be worth it).
   const bool whole_lines =
       os.c % kLanes == 0 && (p.W_out % kLanes == 0 || (join && p.W_out % 4 == 0 && p.H_out % 4 == 0));
   const bool stream = direct && whole_lines && out.nbytes() >= kStreamBytes;
