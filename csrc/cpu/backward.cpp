@@ -310,7 +310,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
               if (relu) {
                 const T* orow = outp + n * os.n + oc * os.c + oy * os.h + p0;
                 if constexpr (std::is_same<T, S>::value) {
-                  kern.relu_mask(reinterpret_cast<const S*>(gr), reinterpret_cast<const S*>(orow), d, len);
+                  kern.copy_rows(reinterpret_cast<const S*>(gr), reinterpret_cast<const S*>(orow), 0, d, 0, len, 1);
                 } else {
                   for (int64_t i = 0; i < len; ++i) {  // both loads unconditional: a select, no branch
                     const S gv = S(gr[i]);
@@ -335,7 +335,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
             transpose_in(gp, gs_, gst);
             if (relu) {
               transpose_in(outp, os, om.data());
-              for (int64_t oc = 0; oc < C; ++oc) kern.relu_mask(gst + oc * ld, om.data() + oc * ld, gst + oc * ld, len);
+              kern.copy_rows(gst, om.data(), ld, gst, ld, len, C);  // in place
             }
           } else if (gs_.w == 1) {
             for (int64_t oc = 0; oc < C; ++oc)

@@ -214,10 +214,6 @@ void nt_generic_d(const NtArgs<double>& a) { gen::nt_impl<GenericD>(a); }
 
 void transpose_generic_f(const TransposeArgs<float>& a) { gen::transpose_impl<GenericF>(a); }
 void transpose_generic_d(const TransposeArgs<double>& a) { gen::transpose_impl<GenericD>(a); }
-void relu_mask_generic_f(const float* g, const float* o, float* d, int64_t n) { gen::relu_mask_impl<GenericF>(g, o, d, n); }
-void relu_mask_generic_d(const double* g, const double* o, double* d, int64_t n) {
-  gen::relu_mask_impl<GenericD>(g, o, d, n);
-}
 
 void copy_rows_generic_f(const float* s, const float* m, int64_t lds, float* d, int64_t ldd, int64_t n, int64_t rows) {
   gen::copy_rows_impl<GenericF>(s, m, lds, d, ldd, n, rows);
@@ -235,11 +231,11 @@ void wino_generic_f(const WinoArgs<float>& a) { gen::wino_impl<GenericF>(a); }
 void no_fence() {}
 
 const Kernels<float> kGenericF = {"generic",           GenericF::VL,          rows_generic_f,      nt_generic_f,
-                                  no_fence,            transpose_generic_f,   relu_mask_generic_f, copy_rows_generic_f,
-                                  copy_stream_generic_f, wino_pack_generic_f, wino_generic_f,      GenericF::WMB};
+                                  no_fence,            transpose_generic_f,   copy_rows_generic_f, copy_stream_generic_f,
+                                  wino_pack_generic_f, wino_generic_f,        GenericF::WMB};
 const Kernels<double> kGenericD = {"generic",           GenericD::VL,          rows_generic_d,      nt_generic_d,
-                                   no_fence,            transpose_generic_d,   relu_mask_generic_d, copy_rows_generic_d,
-                                   copy_stream_generic_d, nullptr,             nullptr,             0};
+                                   no_fence,            transpose_generic_d,   copy_rows_generic_d, copy_stream_generic_d,
+                                   nullptr,             nullptr,               0};
 
 #if IGC_X86
 __attribute__((target("avx2,fma"))) void rows_avx2(const RowsArgs<float>& a) { x2::rows_impl<x2::Avx2>(a); }
@@ -257,15 +253,6 @@ __attribute__((target("avx2,fma"))) void transpose_avx2(const TransposeArgs<floa
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void transpose_avx512(
     const TransposeArgs<float>& a) {
   x512::transpose_impl<x512::Avx512>(a);
-}
-
-__attribute__((target("avx2,fma"))) void relu_mask_avx2(const float* g, const float* o, float* d, int64_t n) {
-  x2::relu_mask_impl<x2::Avx2>(g, o, d, n);
-}
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void relu_mask_avx512(const float* g,
-                                                                                           const float* o, float* d,
-                                                                                           int64_t n) {
-  x512::relu_mask_impl<x512::Avx512>(g, o, d, n);
 }
 
 __attribute__((target("avx2,fma"))) void copy_rows_avx2(const float* s, const float* m, int64_t lds, float* d,
@@ -299,12 +286,12 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void wino
 
 void sfence() { _mm_sfence(); }
 
-const Kernels<float> kAvx2 = {"avx2",           x2::Avx2::VL,   rows_avx2,      nt_avx2,   sfence,
-                              transpose_avx2,   relu_mask_avx2, copy_rows_avx2, copy_stream_avx2,
-                              wino_pack_avx2,   wino_avx2,      x2::Avx2::WMB};
-const Kernels<float> kAvx512 = {"avx512",           x512::Avx512::VL, rows_avx512,      nt_avx512,   sfence,
-                                transpose_avx512,   relu_mask_avx512, copy_rows_avx512, copy_stream_avx512,
-                                wino_pack_avx512,   wino_avx512,      x512::Avx512::WMB};
+const Kernels<float> kAvx2 = {"avx2",         x2::Avx2::VL,   rows_avx2,      nt_avx2,   sfence,
+                              transpose_avx2, copy_rows_avx2, copy_stream_avx2,
+                              wino_pack_avx2, wino_avx2,      x2::Avx2::WMB};
+const Kernels<float> kAvx512 = {"avx512",         x512::Avx512::VL, rows_avx512,      nt_avx512,   sfence,
+                                transpose_avx512, copy_rows_avx512, copy_stream_avx512,
+                                wino_pack_avx512, wino_avx512,      x512::Avx512::WMB};
 
 bool has_avx2() {
   __builtin_cpu_init();

@@ -103,11 +103,9 @@ struct Kernels {
   void (*nt)(const NtArgs<S>&);
   void (*store_fence)();  // orders this thread's non-temporal stores (see RowsArgs::stream)
   void (*transpose)(const TransposeArgs<S>&);
-  // d[i] = o[i] > 0 ? g[i] : 0 for i < n (the ReLU's gradient mask; NaN in o masks to 0, as in
-  // torch's threshold_backward); d may be g.
-  void (*relu_mask)(const S* g, const S* o, S* d, int64_t n);
-  // Rows of n values: d[r * ldd + i] = s[r * lds + i], or with a ReLU mask m (not null) s[...] where
-  // m[r * lds + i] > 0 and 0 elsewhere (NaN in m masks to 0, as relu_mask), for r < rows, i < n.
+  // Rows of n values: d[r * ldd + i] = s[r * lds + i], or with the ReLU's gradient mask m (not
+  // null) s[...] where m[r * lds + i] > 0 and 0 elsewhere (NaN in m masks to 0, as in torch's
+  // threshold_backward), for r < rows, i < n. d may be s (same strides).
   void (*copy_rows)(const S* s, const S* m, int64_t lds, S* d, int64_t ldd, int64_t n, int64_t rows);
   // dst[i] = src[i] for i < n, with non-temporal stores on dst's whole aligned vectors and plain
   // ones at its ends (RowsArgs::stream: callers run store_fence() before other threads read dst).
