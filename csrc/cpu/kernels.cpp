@@ -48,7 +48,9 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Policies: vector type, lanes, register budget and the few primitives the templates need.
 //   MBMAX: output rows per rows-GEMM block; ACC: accumulator registers it may use;
-//   BA x BB: entries per NT-reduce block; WMB: output rows per Winograd block (6 accumulators each).
+//   BA x BB: entries per NT-reduce block; WMB: output rows per Winograd block (6 accumulators each);
+//   WPARK: vectors per Winograd block that runs one component at a time (0: none; WMB x WPARK
+//   accumulators).
 //   HALF: whether a last vector of at most VL/2 pixels runs at half width (type H, policy Half).
 //   ACCL: lanes per NT accumulator entry (VL, except in a Half policy, which adds into the low
 //   half of its full policy's entries).
@@ -58,7 +60,7 @@ template <typename Scalar>
 struct Generic {
   typedef Scalar S;
   typedef Scalar V __attribute__((vector_size(16)));
-  static constexpr int VL = 16 / sizeof(Scalar), MBMAX = 6, ACC = 12, BA = 3, BB = 4, WMB = 2, ACCL = VL;
+  static constexpr int VL = 16 / sizeof(Scalar), MBMAX = 6, ACC = 12, BA = 3, BB = 4, WMB = 2, ACCL = VL, WPARK = 0;
   static constexpr bool HALF = false;
   typedef V H;
   typedef Generic Half;
@@ -98,7 +100,7 @@ namespace x2 {
 struct Avx2 {
   typedef float S;
   typedef __m256 V;
-  static constexpr int VL = 8, MBMAX = 6, ACC = 12, BA = 3, BB = 4, WMB = 2, ACCL = VL;
+  static constexpr int VL = 8, MBMAX = 6, ACC = 12, BA = 3, BB = 4, WMB = 2, ACCL = VL, WPARK = 0;
   static constexpr bool HALF = false;
   typedef V H;
   typedef Avx2 Half;
@@ -159,7 +161,7 @@ struct Avx512Half : x2::Avx2 {
 struct Avx512 {
   typedef float S;
   typedef __m512 V;
-  static constexpr int VL = 16, MBMAX = 12, ACC = 24, BA = 4, BB = 6, WMB = 4, ACCL = VL;
+  static constexpr int VL = 16, MBMAX = 12, ACC = 24, BA = 4, BB = 6, WMB = 4, ACCL = VL, WPARK = 4;
   static constexpr bool HALF = true;
   typedef __m256 H;
   typedef Avx512Half Half;
