@@ -5,9 +5,9 @@
 Builds bench/tools/kernel_rates.cpp with the library's kernels (csrc/cpu/kernels.cpp, the flags of
 setup.py: -O3, instruction sets chosen at run time) and prints, per instruction set, the GFLOP/s of
 the Winograd primary and of the secondary's rows GEMM at the IGC-VDSR layer's sizes (see the
-.cpp), beside one core's fp32 FMA peak measured now (bench/peak.py). What the layer reaches in
-place, with its inputs streaming from memory, is in bench/cpu_layer.py; the gap between the two
-is the time spent waiting on memory.
+.cpp), beside one core's fp32 FMA peak measured now (bench/peak.py). What the whole layer
+reaches, with its packing, the Winograd input transform and its inputs streaming from memory, is
+in bench/cpu_layer.py.
 """
 
 from __future__ import annotations
