@@ -56,6 +56,16 @@ bool all_finite(const S* v, int64_t n) {
   return bad == 0;
 }
 
+// Rows [r0, r1) of a plane of pitch Q: the rows [ra, rb) lie in the image and get W values each
+// from src (pitch W; masked by m as Kernels::copy_rows does, when m is not null), the others zeros.
+template <typename S>
+void band_rows(const Kernels<S>& kern, const S* src, const S* m, S* plane, int64_t Q, int64_t W, int64_t r0,
+               int64_t ra, int64_t rb, int64_t r1) {
+  for (int64_t r = r0; r < ra; ++r) std::fill_n(plane + r * Q, W, S(0));
+  if (rb > ra) kern.copy_rows(src, m, W, plane + ra * Q, Q, W, rb - ra);
+  for (int64_t r = std::max(ra, rb); r < r1; ++r) std::fill_n(plane + r * Q, W, S(0));
+}
+
 // One thread's planes, kept from call to call for the same geometry: allocated afresh, their 2 MB
 // or so per thread came from new mappings on most calls (glibc maps big blocks and returns them
 // when freed), and faulting in and zeroing those pages cost a quarter of the backward at
@@ -203,10 +213,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> plane_impl(const IGCConvParam
           for (int64_t c = 0; c < Cin; ++c) {
             const S* run = xp + ((n * Cin + c) * H + ya) * W;
             finite = finite && all_finite(run, (yb - ya) * W);
-            S* plane = XP.data() + c * padded + kLead;  // row r of the halo range at plane + r * Q
-            for (int64_t y = y0 - ph; y < ya; ++y) std::fill_n(plane + (y - y0 + ph) * Q, W, S(0));
-            kern.copy_rows(run, nullptr, W, plane + (ya - y0 + ph) * Q, Q, W, yb - ya);
-            for (int64_t y = yb; y < y0 + h + ph; ++y) std::fill_n(plane + (y - y0 + ph) * Q, W, S(0));
+            // Row r of the halo range at XP + c * padded + kLead + r * Q (image row y0 - ph + r).
+            band_rows<S>(kern, run, nullptr, XP.data() + c * padded + kLead, Q, W, 0, ya - y0 + ph, yb - y0 + ph,
+                         h + 2 * ph);
           }
         }
         // gs: grad_out with the activation's mask, zero rows outside the image; rows [r0, r1) of
@@ -214,11 +223,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> plane_impl(const IGCConvParam
         {
           const int64_t ra = std::max(r0, ph - y0), rb = std::min(r1, H - y0 + ph);
           for (int64_t oc = 0; oc < C; ++oc) {
-            S* plane = GS.data() + oc * flat;
-            for (int64_t r = r0; r < ra; ++r) std::fill_n(plane + r * Q, W, S(0));
             const int64_t off = ((n * C + oc) * H + y0 - ph + ra) * W;
-            if (rb > ra) kern.copy_rows(gp + off, relu ? op + off : nullptr, W, plane + ra * Q, Q, W, rb - ra);
-            for (int64_t r = std::max(ra, rb); r < r1; ++r) std::fill_n(plane + r * Q, W, S(0));
+            band_rows<S>(kern, gp + off, relu ? op + off : nullptr, GS.data() + oc * flat, Q, W, r0, ra, rb, r1);
           }
         }
         if (need_gy1) {  // gy1[l*M+m] = sum_j w2[m*L+j][l] * gs[m*L+j], over the rows [r0, r1)
