@@ -13,12 +13,19 @@ its high-water mark of memory instead of returning it, the usual trade of a cach
 It changes the whole process (every tensor, every library), not only this package's ops: the
 command-line tools and the benchmark harness call it (all providers of a benchmark then run under
 the same setting); a program embedding the layers decides for itself.
+
+The fused CPU op does not need it for its own outputs: they come from a cache of freed output
+blocks inside the library (csrc/cpu/output_cache.h), bounded by
+``IGC_KERNELS_CPU_OUTPUT_CACHE_MB`` (default 1024) or :func:`set_output_cache_limit`, and
+inspected with :func:`output_cache_stats`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+import os
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -51,3 +58,41 @@ def keep_freed_memory(max_block: int = MAX_HEAP_BLOCK) -> bool:
     ok_mmap = mallopt(_M_MMAP_THRESHOLD, max_block) == 1
     ok_trim = mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1  # the largest int: never trim
     return ok_mmap and ok_trim
+
+
+@functools.lru_cache(maxsize=None)
+def _library() -> ctypes.CDLL:
+    from . import _C  # the fused CPU op's library (loads it if nothing has yet)
+
+    lib = ctypes.CDLL(_C.__file__)
+    lib.igc_kernels_cpu_output_cache_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
+    lib.igc_kernels_cpu_output_cache_stats.restype = ctypes.c_int
+    lib.igc_kernels_cpu_set_output_cache_limit.argtypes = [ctypes.c_int64]
+    lib.igc_kernels_cpu_set_output_cache_limit.restype = ctypes.c_int64
+    return lib
+
+
+def output_cache_stats() -> dict[str, int]:
+    """The fused CPU op's cache of freed output blocks.
+
+    ``cached_bytes``: idle blocks held now; ``limit_bytes``: the most it may hold; ``reused``:
+    outputs served from the cache so far; ``fresh``: outputs that needed a new block. Only outputs
+    of at least 1 MiB use the cache. Raises ValueError when ``IGC_KERNELS_CPU_OUTPUT_CACHE_MB`` is
+    malformed.
+    """
+    stats = (ctypes.c_int64 * 4)()
+    if _library().igc_kernels_cpu_output_cache_stats(stats) != 0:
+        raise ValueError(
+            "IGC_KERNELS_CPU_OUTPUT_CACHE_MB must be a whole number of MiB >= 0 (0 turns the output "
+            f"cache off), got {os.environ.get('IGC_KERNELS_CPU_OUTPUT_CACHE_MB')!r}"
+        )
+    return dict(zip(("cached_bytes", "limit_bytes", "reused", "fresh"), stats))
+
+
+def set_output_cache_limit(nbytes: int) -> int:
+    """Let the output cache hold at most ``nbytes`` idle bytes (0: cache nothing, and free what it
+    holds); the least recently freed blocks beyond the limit go back to the system at once.
+    Replaces ``IGC_KERNELS_CPU_OUTPUT_CACHE_MB``. Returns the previous limit in bytes."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+        raise ValueError(f"nbytes must be an int >= 0, got {nbytes!r}")
+    return int(_library().igc_kernels_cpu_set_output_cache_limit(nbytes))

@@ -21,6 +21,7 @@
 
 #include "grad_sums.h"
 #include "layer.h"
+#include "output_cache.h"
 
 namespace igc {
 namespace cpu {
@@ -170,8 +171,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(const IGCConvPa
   const Str xs = strides_of(x), gs_ = strides_of(grad_out), os = relu ? strides_of(*out) : Str{0, 0, 0, 0};
   const int64_t rows = p.N * p.H_out;
   Tensor empty = at::empty({0}, x.options());
-  Tensor gx = mask[0] ? at::empty_like(x, x.options().memory_format(x.suggest_memory_format())) : empty;
-  if (gx.numel()) advise_huge_pages(gx);
+  Tensor gx = mask[0] ? empty_output(x.sizes(), x.options(), x.suggest_memory_format()) : empty;
   const bool emit_gx = mask[0] && gx.numel() > 0;
   // Short rows (one segment each) are summed into the weight gradients `batch` rows at a time,
   // so the NT kernel's accumulators make one round trip per batch instead of one per row.

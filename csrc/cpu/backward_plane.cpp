@@ -28,6 +28,7 @@
 
 #include "grad_sums.h"
 #include "layer.h"
+#include "output_cache.h"
 
 namespace igc {
 namespace cpu {
@@ -127,7 +128,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> plane_impl(const IGCConvParam
   const S* gp = grad_out.data_ptr<S>();
   const S* op = relu ? out->data_ptr<S>() : nullptr;
   Tensor empty = at::empty({0}, x.options());
-  Tensor gx = mask[0] ? at::empty_like(x, at::MemoryFormat::Contiguous) : empty;
+  Tensor gx = mask[0] ? empty_output(x.sizes(), x.options(), at::MemoryFormat::Contiguous) : empty;
   S* gxp = mask[0] ? gx.data_ptr<S>() : nullptr;
   const bool emit_gx = mask[0] && gx.numel() > 0;
   // grad_x bigger than the caches goes out with non-temporal stores (see kStreamBytes), each

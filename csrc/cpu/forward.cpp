@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "layer.h"
+#include "output_cache.h"
 
 namespace igc {
 namespace cpu {
@@ -124,9 +125,8 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
 template <typename T, typename S>
 Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, const c10::optional<Tensor>& b1,
                     const Tensor& w2, const c10::optional<Tensor>& b2, const c10::optional<Tensor>& residual) {
-  Tensor out = at::empty({p.N, p.C_out, p.H_out, p.W_out}, x.options().memory_format(x.suggest_memory_format()));
+  Tensor out = empty_output({p.N, p.C_out, p.H_out, p.W_out}, x.options(), x.suggest_memory_format());
   if (out.numel() == 0) return out;
-  advise_huge_pages(out);
   const Kernels<S>& kern = kernels<S>();
   const Layer<S> g(p, w1, b1, w2, b2, winograd_enabled());
   const int64_t L = p.L, M = p.M, C = p.C_out, K1 = g.K1;

@@ -34,10 +34,6 @@
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -500,22 +496,6 @@ struct RowPrefetch {
 constexpr int64_t kPrefetchRowBytes = 256;
 template <typename T>
 inline bool short_row(int64_t W) { return W * int64_t(sizeof(T)) < kPrefetchRowBytes; }
-
-// Asks for transparent huge pages under an output's whole 2 MiB pages (Linux, where THP is in
-// "madvise" or "always" mode; a hint, never an error). glibc maps big blocks afresh on many calls
-// (it returns freed ones to the system), and the first touch of each 4 KiB page then costs a fault
-// and a zeroed page: with a fresh mapping on every call the forward at 1x96x256x256 (2 threads)
-// took 12.2 ms in 4 KiB pages and 10.1 ms in 2 MiB pages, against 4.8 ms in reused memory.
-inline void advise_huge_pages(const Tensor& out) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr()), end = begin + out.nbytes();
-  const uintptr_t a = (begin + kHuge - 1) & ~(kHuge - 1), b = end & ~(kHuge - 1);
-  if (b >= a + kHuge) madvise(reinterpret_cast<void*>(a), b - a, MADV_HUGEPAGE);
-#else
-  (void)out;
-#endif
-}
 
 // Work items per parallel chunk: enough that tiny layers run on one thread.
 inline int64_t grain_for(int64_t cost_per_item) { return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, cost_per_item)); }
