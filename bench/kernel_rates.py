@@ -5,7 +5,10 @@
 Builds bench/tools/kernel_rates.cpp with the library's kernels (csrc/cpu/kernels.cpp, the flags of
 setup.py: -O3, instruction sets chosen at run time) and prints, per instruction set, the GFLOP/s of
 the Winograd primary and of the secondary's rows GEMM at the IGC-VDSR layer's sizes (see the
-.cpp), beside one core's fp32 FMA peak measured now (bench/peak.py). What the whole layer
+.cpp), beside one core's fp32 FMA peak measured now (bench/peak.py). With avx512 it also runs the
+secondary on AMX tiles at fp32 accuracy where the CPU has them (ISA "amxbf16x3",
+bench/tools/amx_secondary.h: a probe of whether AMX would pay; the tool fails if its result is
+less accurate than the AVX-512 kernel's). What the whole layer
 reaches, with its packing, the Winograd input transform and its inputs streaming from memory, is
 in bench/cpu_layer.py.
 """

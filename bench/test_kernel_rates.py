@@ -13,6 +13,12 @@ def test_builds_and_reports_each_kernel_per_isa():
     for isa in ("avx512", "avx2", "generic"):
         if isa not in missing:
             assert {("wino", isa), ("rows", isa)} <= seen, (isa, rates)
+    # The AMX probe runs beside the avx512 kernels where the CPU has AMX (the tool itself exits
+    # non-zero, failing measure(), if its result is less accurate than fp32 allows).
+    if "avx512" not in missing and "amxbf16x3" not in missing:
+        assert ("rows", "amxbf16x3") in seen, rates
+    if "avx512" in missing:
+        assert ("rows", "amxbf16x3") not in seen, rates
 
 
 def test_rejects_bad_arguments(capsys):

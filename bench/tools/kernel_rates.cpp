@@ -7,7 +7,10 @@
 // (bench/kernel_rates.py builds and runs it.) Cases, one thread, fp32:
 //   wino   the Winograd primary of one group on one 64-pixel segment: K = 12 taps (4 channels x 3
 //          columns) x 6 components -> 4 channels x 4 output rows (the forward at 256x256);
-//   rows   the secondary of one group m: 24 output rows from 24 rows of 64 pixels, with bias and ReLU.
+//   rows   the secondary of one group m: 24 output rows from 24 rows of 64 pixels, with bias and ReLU;
+//          with avx512, also on AMX tiles at fp32 accuracy (ISA "amxbf16x3", see amx_secondary.h:
+//          a probe of whether the tile units would pay, not a library kernel), which must match a
+//          double reference as closely as the AVX-512 kernel does (exit status 1 otherwise).
 // Each line: kernel, ISA, GFLOP/s of the multiply-adds the kernel does (2 per FMA lane; the
 // Winograd transforms' adds not counted), median of 5 timed batches of --calls calls.
 #include <stdint.h>
@@ -15,10 +18,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <math.h>
+
 #include <algorithm>
 #include <chrono>
 #include <vector>
 
+#include "amx_secondary.h"
 #include "kernels.h"
 
 using igc::cpu::Kernels;
@@ -93,10 +99,74 @@ void rows_rate(const Kernels<float>& k, long calls) {
   printf("rows  %-8s %7.1f GFLOP/s\n", k.name, 2.0 * kL * kL * kP * calls / s * 1e-9);
 }
 
+// Largest |out - reference| / sum of |terms| over the secondary's outputs (relu(bias + w^T y), in double).
+double rows_error(const float* y1, const float* w, const float* bias, const float* out) {
+  double worst = 0;
+  for (int64_t i = 0; i < kL; ++i)
+    for (int64_t p = 0; p < kP; ++p) {
+      double ref = bias[i], scale = fabs(bias[i]);
+      for (int64_t k = 0; k < kL; ++k) {
+        ref += double(w[k * kL + i]) * y1[k * kP + p];
+        scale += fabs(double(w[k * kL + i]) * y1[k * kP + p]);
+      }
+      worst = std::max(worst, fabs(out[i * kP + p] - std::max(ref, 0.0)) / std::max(scale, 1e-30));
+    }
+  return worst;
+}
+
+// The rows case on AMX (amx_secondary.h) beside the AVX-512 kernel k, on the same random data.
+// Returns false when the AMX result is less accurate than fp32 allows.
+bool amx_rows_rate(const Kernels<float>& k, long calls) {
+#ifdef IGC_AMX_PROBE
+  if (amx_probe::available()) {
+    Buffer y1(kL * kP), w(kL * kL), bias(kL), out(kL * kP), ref(kL * kP);
+    srand(7);
+    auto uniform = [] { return float(rand()) / float(RAND_MAX) - 0.5f; };
+    for (int64_t i = 0; i < kL * kP; ++i) y1.p[i] = 2 * uniform() + 0.5f;
+    for (int64_t i = 0; i < kL * kL; ++i) w.p[i] = 0.4f * uniform();
+    for (int64_t i = 0; i < kL; ++i) bias.p[i] = 0.1f * uniform();
+    std::vector<const float*> src(kL);
+    std::vector<float*> dst(kL), dref(kL);
+    for (int64_t i = 0; i < kL; ++i) {
+      src[i] = y1.p + i * kP;
+      dst[i] = out.p + i * kP;
+      dref[i] = ref.p + i * kP;
+    }
+    igc::cpu::RowsArgs<float> a;
+    a.MB = kL;
+    a.K = kL;
+    a.P = kP;
+    a.w = w.p;
+    a.ldw = kL;
+    a.bias = bias.p;
+    a.src = src.data();
+    a.dst = dref.data();
+    a.relu = true;
+    k.rows(a);
+    amx_probe::Secondary amx;
+    amx.set_weights(w.p, bias.p);
+    amx_probe::Secondary::configure();
+    amx.run(src.data(), dst.data());
+    const double s = median_seconds([&] { amx.run(src.data(), dst.data()); }, calls);
+    amx_probe::Secondary::release();
+    const double err = rows_error(y1.p, w.p, bias.p, out.p), err_ref = rows_error(y1.p, w.p, bias.p, ref.p);
+    printf("rows  %-8s %7.1f GFLOP/s\n", "amxbf16x3", 2.0 * kL * kL * kP * calls / s * 1e-9);
+    printf("      error against double, relative to the sum of |terms|: amxbf16x3 %.1e, %s %.1e\n", err, k.name,
+           err_ref);
+    return err <= std::max(4 * err_ref, 1e-6);
+  }
+#endif
+  (void)k;
+  (void)calls;
+  printf("%-5s %-8s unavailable on this CPU (or compiler, or kernel)\n", "-", "amxbf16x3");
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   long calls = 100000;
+  bool ok = true;
   std::vector<const char*> isas;
   for (int i = 1; i < argc; ++i) {
     if (strcmp(argv[i], "--calls") == 0 && i + 1 < argc) {
@@ -118,6 +188,7 @@ int main(int argc, char** argv) {
     const Kernels<float>& k = *igc::cpu::float_kernels();
     wino_rate(k, calls);
     rows_rate(k, calls);
+    if (strcmp(isa, "avx512") == 0 && !amx_rows_rate(k, calls)) ok = false;
   }
-  return 0;
+  return ok ? 0 : 1;
 }
