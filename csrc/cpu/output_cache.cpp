@@ -151,17 +151,21 @@ OutputCache& cache() {
 void OutputCache::release(void* ctx) {
   Block* b = static_cast<Block*>(ctx);
   OutputCache& c = cache();
-  std::list<Block> out;
+  std::list<Block> out;  // blocks to give back to the system, after the lock
+  bool kept = false;
   {
     std::lock_guard<std::mutex> lock(c.mu_);
     if (c.limit_ > 0 && int64_t(b->n) <= c.limit_) {
-      c.idle_.push_front(*b);
-      c.cached_ += b->n;
-      c.evict_locked(c.limit_, out);
-    } else {
-      out.push_back(*b);
+      try {  // a deleter must not throw: without memory for the list node the block is freed
+        c.idle_.push_front(*b);
+        c.cached_ += b->n;
+        kept = true;
+        c.evict_locked(c.limit_, out);
+      } catch (const std::bad_alloc&) {
+      }
     }
   }
+  if (!kept) free(b->p);
   for (const Block& e : out) free(e.p);
   delete b;
 }
