@@ -77,25 +77,32 @@ void wino_rate(const Kernels<float>& k, long calls) {
   printf("wino  %-8s %7.1f GFLOP/s\n", k.name, 2.0 * kK * 6 * kMB * kP * calls / s * 1e-9);
 }
 
-void rows_rate(const Kernels<float>& k, long calls) {
-  Buffer y1(kL * kP), w(kL * kL), bias(kL), out(kL * kP);
-  std::vector<const float*> src(kL);
-  std::vector<float*> dst(kL);
-  for (int64_t i = 0; i < kL; ++i) {
-    src[i] = y1.p + i * kP;
-    dst[i] = out.p + i * kP;
-  }
+// The secondary of one group: its buffers and the rows GEMM's arguments (bias and ReLU).
+struct SecondaryCase {
+  Buffer y1{kL * kP}, w{kL * kL}, bias{kL}, out{kL * kP};
+  std::vector<const float*> src = std::vector<const float*>(kL);
+  std::vector<float*> dst = std::vector<float*>(kL);
   igc::cpu::RowsArgs<float> a;
-  a.MB = kL;
-  a.K = kL;
-  a.P = kP;
-  a.w = w.p;
-  a.ldw = kL;
-  a.bias = bias.p;
-  a.src = src.data();
-  a.dst = dst.data();
-  a.relu = true;
-  const double s = median_seconds([&] { k.rows(a); }, calls);
+  SecondaryCase() {
+    for (int64_t i = 0; i < kL; ++i) {
+      src[i] = y1.p + i * kP;
+      dst[i] = out.p + i * kP;
+    }
+    a.MB = kL;
+    a.K = kL;
+    a.P = kP;
+    a.w = w.p;
+    a.ldw = kL;
+    a.bias = bias.p;
+    a.src = src.data();
+    a.dst = dst.data();
+    a.relu = true;
+  }
+};
+
+void rows_rate(const Kernels<float>& k, long calls) {
+  SecondaryCase c;
+  const double s = median_seconds([&] { k.rows(c.a); }, calls);
   printf("rows  %-8s %7.1f GFLOP/s\n", k.name, 2.0 * kL * kL * kP * calls / s * 1e-9);
 }
 
@@ -119,37 +126,24 @@ double rows_error(const float* y1, const float* w, const float* bias, const floa
 bool amx_rows_rate(const Kernels<float>& k, long calls) {
 #ifdef IGC_AMX_PROBE
   if (amx_probe::available()) {
-    Buffer y1(kL * kP), w(kL * kL), bias(kL), out(kL * kP), ref(kL * kP);
+    SecondaryCase c;  // the AVX-512 kernel's result in c.out, AMX's in amx_out
     srand(7);
     auto uniform = [] { return float(rand()) / float(RAND_MAX) - 0.5f; };
-    for (int64_t i = 0; i < kL * kP; ++i) y1.p[i] = 2 * uniform() + 0.5f;
-    for (int64_t i = 0; i < kL * kL; ++i) w.p[i] = 0.4f * uniform();
-    for (int64_t i = 0; i < kL; ++i) bias.p[i] = 0.1f * uniform();
-    std::vector<const float*> src(kL);
-    std::vector<float*> dst(kL), dref(kL);
-    for (int64_t i = 0; i < kL; ++i) {
-      src[i] = y1.p + i * kP;
-      dst[i] = out.p + i * kP;
-      dref[i] = ref.p + i * kP;
-    }
-    igc::cpu::RowsArgs<float> a;
-    a.MB = kL;
-    a.K = kL;
-    a.P = kP;
-    a.w = w.p;
-    a.ldw = kL;
-    a.bias = bias.p;
-    a.src = src.data();
-    a.dst = dref.data();
-    a.relu = true;
-    k.rows(a);
+    for (int64_t i = 0; i < kL * kP; ++i) c.y1.p[i] = 2 * uniform() + 0.5f;
+    for (int64_t i = 0; i < kL * kL; ++i) c.w.p[i] = 0.4f * uniform();
+    for (int64_t i = 0; i < kL; ++i) c.bias.p[i] = 0.1f * uniform();
+    k.rows(c.a);
+    Buffer amx_out(kL * kP);
+    std::vector<float*> dst(kL);
+    for (int64_t i = 0; i < kL; ++i) dst[i] = amx_out.p + i * kP;
     amx_probe::Secondary amx;
-    amx.set_weights(w.p, bias.p);
+    amx.set_weights(c.w.p, c.bias.p);
     amx_probe::Secondary::configure();
-    amx.run(src.data(), dst.data());
-    const double s = median_seconds([&] { amx.run(src.data(), dst.data()); }, calls);
+    amx.run(c.src.data(), dst.data());
+    const double s = median_seconds([&] { amx.run(c.src.data(), dst.data()); }, calls);
     amx_probe::Secondary::release();
-    const double err = rows_error(y1.p, w.p, bias.p, out.p), err_ref = rows_error(y1.p, w.p, bias.p, ref.p);
+    const double err = rows_error(c.y1.p, c.w.p, c.bias.p, amx_out.p);
+    const double err_ref = rows_error(c.y1.p, c.w.p, c.bias.p, c.out.p);
     printf("rows  %-8s %7.1f GFLOP/s\n", "amxbf16x3", 2.0 * kL * kL * kP * calls / s * 1e-9);
     printf("      error against double, relative to the sum of |terms|: amxbf16x3 %.1e, %s %.1e\n", err, k.name,
            err_ref);
