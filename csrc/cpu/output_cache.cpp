@@ -7,11 +7,9 @@
 #include <sys/mman.h>
 
 #include <cerrno>
-#include <cstring>
 #include <list>
 #include <mutex>
 #include <new>
-#include <string>
 
 namespace igc {
 namespace cpu {
@@ -63,7 +61,8 @@ class OutputCache final : public c10::Allocator {
     init_locked();
     return {int64_t(cached_), limit_, reused_, fresh_};
   }
-  // An explicit limit replaces the environment's (which is then not read).
+  // An explicit limit replaces the environment's. Returns the limit in force before: the
+  // environment's (read now if no call has read it yet), or the default if that is malformed.
   int64_t set_limit(int64_t bytes) {
     TORCH_CHECK(bytes >= 0, "output cache limit must be >= 0 bytes, got ", bytes);
     int64_t old;
