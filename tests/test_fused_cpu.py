@@ -386,6 +386,61 @@ def test_single_primary_group(case, isa):
     _check_case(case, seed=5)
 
 
+# A dense conv with few output channels (L = 1, M * kH <= 12: VDSR's 96 -> 1 tail) runs input row
+# by input row: each row's contributions to the kH output rows it reaches, then a sum per output
+# row (forward.cpp, few_outputs_by_input_rows). Row padding above, below and past the kernel's
+# reach, kH of 2 to 5, horizontal stride and dilation, residual and ReLU; images that start and
+# end inside a thread's chunk of rows.
+FEW_OUTPUT_CASES = [
+    IGCCase(N=2, L=1, M_in=24, M=1, H=13, W=37, activation=0, residual=True),
+    IGCCase(N=3, L=1, M_in=5, M=4, H=6, W=20, activation=1),  # M * kH = 12
+    IGCCase(N=2, L=1, M_in=7, M=2, H=9, W=17, k=(5, 3), padding=(2, 1), residual=True),
+    IGCCase(N=2, L=1, M_in=6, M=3, H=5, W=11, k=(2, 3), padding=(0, 1)),
+    IGCCase(N=3, L=1, M_in=4, M=1, H=1, W=8, k=(2, 2), padding=(2, 1)),  # output rows of padding only
+    IGCCase(N=2, L=1, M_in=8, M=2, H=8, W=23, padding=(1, 2), stride=(1, 2), dilation=(1, 2)),
+    IGCCase(N=2, L=1, M_in=3, M=2, H=2, W=5, k=(4, 1), padding=(3, 0), activation=0),
+]
+
+
+@pytest.mark.parametrize("case", FEW_OUTPUT_CASES, ids=[f"few{i}" for i in range(len(FEW_OUTPUT_CASES))])
+def test_few_output_channels(case, isa):
+    _check_case(case, seed=17)
+    args = case.make(seed=18)
+    ref = igc_conv_reference(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3, 4):  # chunks of rows that start and end inside images
+            torch.set_num_threads(threads)
+            outs.append(torch.ops.igc_kernels.igc_conv(*args))
+    finally:
+        torch.set_num_threads(before)
+    assert_close_to_reference(outs[0], ref, torch.float32, f"{case} forward")
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])  # each input row's GEMM is the same whatever the chunking
+
+
+def test_few_output_channels_non_finite():
+    """Inf and NaN in x, and an Inf weight: NaN and Inf exactly where the reference has them."""
+    case = IGCCase(N=2, L=1, M_in=16, M=2, H=9, W=21, activation=0, residual=True)
+    args = case.make(seed=19)
+    x = args[0].clone()
+    x[0, 3, 0, 0], x[0, 5, 4, 10], x[1, 15, 8, 20], x[1, 0, 2, 7] = float("inf"), float("nan"), float("-inf"), float("inf")
+    args[0] = x
+    for inf_weight in (False, True):
+        if inf_weight:
+            w1 = args[1].clone()
+            w1[1, 7, 2, 0] = float("inf")
+            args[1] = w1
+        ours = torch.ops.igc_kernels.igc_conv(*args)
+        ref = igc_conv_reference(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
+        assert torch.equal(torch.isnan(ours), torch.isnan(ref))
+        assert torch.equal(torch.isinf(ours), torch.isinf(ref))
+        assert torch.isfinite(ref).any() and not torch.isfinite(ref).all()
+        finite = torch.isfinite(ref)
+        assert_close_to_reference(ours[finite], ref[finite], torch.float32, "finite part")
+
+
 def test_streamed_output(isa):
     """The row-by-row backward writes grad_x of 16 MiB and more with non-temporal stores (aligned
     full vectors; the rest, as W=250 gives, with plain stores): same values as the reference on
