@@ -341,13 +341,26 @@ def test_plane_backward_gradcheck_float64(plane):
     assert torch.autograd.gradcheck(fn, tuple(args[:6]), eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
-def test_plane_backward_non_finite_input_rows(plane):
-    """An Inf next to a row's end: grad_w1 must see it only through real pixels (the plane path
-    sums such bands row by row, so no zero gap column multiplies it into NaN)."""
-    case = IGCCase(N=1, L=2, M_in=2, M=2, H=8, W=12, activation=0, residual=False)
+# (W, the spot (n, c, y, x), value): a row's end in a partial vector, a whole vector's last lane
+# of a pair, a single vector, the first row, the last image; x is checked for Inf and NaN as it is
+# copied into the planes (Kernels::copy_rows_finite), on every ISA.
+NON_FINITE_ROWS = [
+    (12, (0, 1, 3, 11), "inf"),
+    (36, (1, 0, 5, 35), "nan"),
+    (36, (0, 3, 0, 31), "-inf"),
+    (20, (1, 2, 7, 15), "inf"),
+    (44, (1, 1, 0, 0), "nan"),
+]
+
+
+@pytest.mark.parametrize("W,spot,value", NON_FINITE_ROWS, ids=[f"w{w}-{v}" for w, _, v in NON_FINITE_ROWS])
+def test_plane_backward_non_finite_input_rows(W, spot, value, plane, isa):
+    """An Inf or NaN in x: grad_w1 must see it only through real pixels (the plane path sums such
+    bands row by row, so no zero gap column multiplies it into NaN)."""
+    case = IGCCase(N=2, L=2, M_in=2, M=2, H=8, W=W, activation=0, residual=False)
     args = case.make(dtype=torch.float64, seed=12)
     x = args[0].clone()
-    x[0, 1, 3, 11] = float("inf")
+    x[spot] = float(value)
     args[0] = x
     ref_in = [a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) else a for a in args]
     ref = igc_conv_reference(*ref_in)

@@ -226,6 +226,12 @@ void copy_rows_generic_d(const double* s, const double* m, int64_t lds, double* 
 }
 void copy_stream_generic_f(float* d, const float* s, int64_t n) { gen::copy_stream_impl<GenericF>(d, s, n); }
 void copy_stream_generic_d(double* d, const double* s, int64_t n) { gen::copy_stream_impl<GenericD>(d, s, n); }
+int copy_rows_finite_generic_f(const float* s, int64_t lds, float* d, int64_t ldd, int64_t n, int64_t rows) {
+  return gen::copy_rows_finite_impl<GenericF>(s, lds, d, ldd, n, rows);
+}
+int copy_rows_finite_generic_d(const double* s, int64_t lds, double* d, int64_t ldd, int64_t n, int64_t rows) {
+  return gen::copy_rows_finite_impl<GenericD>(s, lds, d, ldd, n, rows);
+}
 
 int wino_pack_generic_f(const WinoPackArgs<float>& a) { return gen::wino_pack_impl<GenericF>(a); }
 void wino_generic_f(const WinoArgs<float>& a) { gen::wino_impl<GenericF>(a); }
@@ -234,9 +240,11 @@ void no_fence() {}
 
 const Kernels<float> kGenericF = {"generic",           GenericF::VL,          rows_generic_f,      nt_generic_f,
                                   no_fence,            transpose_generic_f,   copy_rows_generic_f, copy_stream_generic_f,
+                                  copy_rows_finite_generic_f,
                                   wino_pack_generic_f, wino_generic_f,        GenericF::WMB};
 const Kernels<double> kGenericD = {"generic",           GenericD::VL,          rows_generic_d,      nt_generic_d,
                                    no_fence,            transpose_generic_d,   copy_rows_generic_d, copy_stream_generic_d,
+                                   copy_rows_finite_generic_d,
                                    nullptr,             nullptr,               0};
 
 #if IGC_X86
@@ -274,6 +282,15 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void copy
   x512::copy_stream_impl<x512::Avx512>(d, s, n);
 }
 
+__attribute__((target("avx2,fma"))) int copy_rows_finite_avx2(const float* s, int64_t lds, float* d, int64_t ldd,
+                                                               int64_t n, int64_t rows) {
+  return x2::copy_rows_finite_impl<x2::Avx2>(s, lds, d, ldd, n, rows);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) int copy_rows_finite_avx512(
+    const float* s, int64_t lds, float* d, int64_t ldd, int64_t n, int64_t rows) {
+  return x512::copy_rows_finite_impl<x512::Avx512>(s, lds, d, ldd, n, rows);
+}
+
 __attribute__((target("avx2,fma"))) int wino_pack_avx2(const WinoPackArgs<float>& a) {
   return x2::wino_pack_impl<x2::Avx2>(a);
 }
@@ -289,10 +306,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void wino
 void sfence() { _mm_sfence(); }
 
 const Kernels<float> kAvx2 = {"avx2",         x2::Avx2::VL,   rows_avx2,      nt_avx2,   sfence,
-                              transpose_avx2, copy_rows_avx2, copy_stream_avx2,
+                              transpose_avx2, copy_rows_avx2, copy_stream_avx2, copy_rows_finite_avx2,
                               wino_pack_avx2, wino_avx2,      x2::Avx2::WMB};
 const Kernels<float> kAvx512 = {"avx512",         x512::Avx512::VL, rows_avx512,      nt_avx512,   sfence,
-                                transpose_avx512, copy_rows_avx512, copy_stream_avx512,
+                                transpose_avx512, copy_rows_avx512, copy_stream_avx512, copy_rows_finite_avx512,
                                 wino_pack_avx512, wino_avx512,      x512::Avx512::WMB};
 
 bool has_avx2() {

@@ -110,6 +110,9 @@ struct Kernels {
   // dst[i] = src[i] for i < n, with non-temporal stores on dst's whole aligned vectors and plain
   // ones at its ends (RowsArgs::stream: callers run store_fence() before other threads read dst).
   void (*copy_stream)(S* dst, const S* src, int64_t n);
+  // copy_rows without a mask that also returns nonzero when a copied value is Inf or NaN: the
+  // plane backward checks x as it copies it, instead of in a pass of its own that waited on DRAM.
+  int (*copy_rows_finite)(const S* s, int64_t lds, S* d, int64_t ldd, int64_t n, int64_t rows);
   int (*wino_pack)(const WinoPackArgs<S>&);  // null: no Winograd path (float64)
   void (*wino)(const WinoArgs<S>&);
   int64_t wino_rows;  // output rows per block of wino()
