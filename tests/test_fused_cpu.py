@@ -110,6 +110,16 @@ def _check_case(case: IGCCase, seed: int, dtype=torch.float32, non_contiguous: b
         assert_close_to_reference(got.grad, want.grad, dtype, f"{case} grad {name}")
 
 
+def _same_non_finite_as_reference(args):
+    """The fused forward of the op's arguments against the float64 reference: NaN and Inf exactly
+    where the reference has them. Returns both outputs."""
+    ours = torch.ops.igc_kernels.igc_conv(*args)
+    ref = igc_conv_reference(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
+    assert torch.equal(torch.isnan(ours), torch.isnan(ref))
+    assert torch.equal(torch.isinf(ours), torch.isinf(ref))
+    return ours, ref
+
+
 SWEEP = random_cases(36, seed=2024)
 
 
@@ -445,10 +455,7 @@ def test_few_output_channels_non_finite():
             w1 = args[1].clone()
             w1[1, 7, 2, 0] = float("inf")
             args[1] = w1
-        ours = torch.ops.igc_kernels.igc_conv(*args)
-        ref = igc_conv_reference(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
-        assert torch.equal(torch.isnan(ours), torch.isnan(ref))
-        assert torch.equal(torch.isinf(ours), torch.isinf(ref))
+        ours, ref = _same_non_finite_as_reference(args)
         assert torch.isfinite(ref).any() and not torch.isfinite(ref).all()
         finite = torch.isfinite(ref)
         assert_close_to_reference(ours[finite], ref[finite], torch.float32, "finite part")
@@ -579,10 +586,7 @@ def test_non_finite_inputs_propagate(case, spots, winograd, isa):
     for c, y, col, v in spots:
         x[-1, c, y, col] = float(v)
     args[0] = x
-    ours = torch.ops.igc_kernels.igc_conv(*args)
-    ref = igc_conv_reference(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
-    assert torch.equal(torch.isnan(ours), torch.isnan(ref))
-    assert torch.equal(torch.isinf(ours), torch.isinf(ref))
+    ours, ref = _same_non_finite_as_reference(args)
     assert torch.isnan(ours).any()
     finite = torch.isfinite(ref)
     assert_close_to_reference(ours[finite], ref[finite], torch.float32, "finite part")
@@ -598,10 +602,7 @@ def test_non_finite_weights_propagate(winograd):
     w1 = args[1].clone()
     w1[2, 1, 0, 2] = float("inf")
     args[1] = w1
-    ours = torch.ops.igc_kernels.igc_conv(*args)
-    ref = igc_conv_reference(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
-    assert torch.equal(torch.isnan(ours), torch.isnan(ref))
-    assert torch.equal(torch.isinf(ours), torch.isinf(ref))
+    _same_non_finite_as_reference(args)
 
 
 def test_thread_count_does_not_change_results():

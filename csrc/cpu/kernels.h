@@ -2,7 +2,8 @@
 //
 // Two building blocks carry all the arithmetic (see layer.h for how the layer maps onto them);
 // a blocked transpose moves channels_last rows in and out, and row copies (plain, ReLU-masked,
-// or streamed past the caches) move rows between tensors and the kernels' padded rows and planes:
+// checked for Inf and NaN, or streamed past the caches) move rows between tensors and the
+// kernels' padded rows and planes:
 //   rows GEMM:  dst[i][p] = bias[i] + sum_k w[k*ldw + i] * src[k][soff + p]   (+ res[i][p], relu)
 //               MB output rows from K source rows (pointers, so a row can be any tap of the packed
 //               input), register-blocked over output rows x pixel vectors.

@@ -13,7 +13,8 @@
 // size besides its output.
 //
 // One primary group (L = 1, a dense conv) folds the per-channel secondary into the primary and
-// runs as one GEMM (with few output channels, one per input row: forward.cpp). Big outputs are written with non-temporal stores (kStreamBytes).
+// runs as one GEMM (with few output channels, one per input row: forward.cpp). Big outputs are
+// written with non-temporal stores (kStreamBytes).
 //
 // Winograd (forward, float, kH = 3 with vertical stride and dilation 1, L > 1): a work item is four
 // output rows. Their six input rows are packed as usual, transformed segment by segment into six
