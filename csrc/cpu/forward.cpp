@@ -134,7 +134,7 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
 // stores. (One call per channel: zero weights on the other channels' parts would turn an Inf part
 // into NaN.) Every weight-input product is the one the direct conv forms, zero rows of padding
 // included, only summed in another order, so Inf and NaN reach the same outputs.
-// VDSR's tail at 1x96x256x256, 2 threads, its input fresh from DRAM: 2.9-3.2 -> 2.0 ms.
+// VDSR's tail at 1x96x256x256, 2 threads, its input fresh from DRAM: 2.9-3.2 -> 2.0-2.2 ms.
 constexpr int64_t kFewOutputRows = 12;
 
 inline bool few_outputs_apply(const IGCConvParams& p, bool direct) {
