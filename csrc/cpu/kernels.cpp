@@ -227,10 +227,10 @@ void copy_rows_generic_d(const double* s, const double* m, int64_t lds, double* 
 void copy_stream_generic_f(float* d, const float* s, int64_t n) { gen::copy_stream_impl<GenericF>(d, s, n); }
 void copy_stream_generic_d(double* d, const double* s, int64_t n) { gen::copy_stream_impl<GenericD>(d, s, n); }
 int copy_rows_finite_generic_f(const float* s, int64_t lds, float* d, int64_t ldd, int64_t n, int64_t rows) {
-  return gen::copy_rows_finite_impl<GenericF>(s, lds, d, ldd, n, rows);
+  return gen::copy_rows_impl<GenericF, true>(s, nullptr, lds, d, ldd, n, rows);
 }
 int copy_rows_finite_generic_d(const double* s, int64_t lds, double* d, int64_t ldd, int64_t n, int64_t rows) {
-  return gen::copy_rows_finite_impl<GenericD>(s, lds, d, ldd, n, rows);
+  return gen::copy_rows_impl<GenericD, true>(s, nullptr, lds, d, ldd, n, rows);
 }
 
 int wino_pack_generic_f(const WinoPackArgs<float>& a) { return gen::wino_pack_impl<GenericF>(a); }
@@ -284,11 +284,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void copy
 
 __attribute__((target("avx2,fma"))) int copy_rows_finite_avx2(const float* s, int64_t lds, float* d, int64_t ldd,
                                                                int64_t n, int64_t rows) {
-  return x2::copy_rows_finite_impl<x2::Avx2>(s, lds, d, ldd, n, rows);
+  return x2::copy_rows_impl<x2::Avx2, true>(s, nullptr, lds, d, ldd, n, rows);
 }
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) int copy_rows_finite_avx512(
     const float* s, int64_t lds, float* d, int64_t ldd, int64_t n, int64_t rows) {
-  return x512::copy_rows_finite_impl<x512::Avx512>(s, lds, d, ldd, n, rows);
+  return x512::copy_rows_impl<x512::Avx512, true>(s, nullptr, lds, d, ldd, n, rows);
 }
 
 __attribute__((target("avx2,fma"))) int wino_pack_avx2(const WinoPackArgs<float>& a) {
