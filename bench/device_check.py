@@ -16,7 +16,7 @@ Sections (each runs even if an earlier one fails):
      IGC block on cuDNN (NCHW and channels_last), torch.compile of it, dense nn.Conv2d(96, 96, 3)
      and the dense-equivalent conv, with achieved GB/s against the HBM floor;
   5. the network: x2 upscaling of a 1920x1080 frame in fp16 with IGC-VDSR on the fused kernel,
-     on stock ops, and VDSR (bench/network.py).
+     on stock ops, and VDSR, the peers in NCHW and channels_last (bench/network.py).
 
 The output is Markdown, printed and written to ``--out`` as it goes (a run cut short still leaves
 what it measured). The helpers run on the CPU too (the Triton backend under TRITON_INTERPRET=1), which
@@ -449,7 +449,9 @@ def main(argv=None) -> int:
         try:
             from network import gpu_network_table
 
-            report(gpu_network_table(torch.float16, networks=("igc_vdsr-fused", "igc_vdsr-stock", "vdsr")))
+            # Each peer also in channels_last, cuDNN's faster layout for fp16 convs on tensor cores.
+            report(gpu_network_table(torch.float16, networks=("igc_vdsr-fused", "igc_vdsr-stock", "igc_vdsr-stock-cl",
+                                                              "vdsr", "vdsr-cl")))
         except Exception as exc:  # noqa: BLE001  (report it, keep the rest)
             report(f"- **ERROR** network timing: `{type(exc).__name__}: {exc}`")
     report(f"Total {time.monotonic() - start:.0f} s; correctness {'passed' if ok else '**FAILED**'}.")
