@@ -16,4 +16,11 @@ TORCH_LIBRARY(igc_kernels, m) {
       "igc_conv_backward(Tensor grad_out, Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? out, int groups, "
       "int[2] stride, int[2] padding, int[2] dilation, bool shuffle, int activation, bool[5] output_mask) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Inference through a chain of IGC layers with the same hyperparameters, no residual: layer k
+  // (weights w1[k], b1[k], w2[k], b2[k]) applied to layer k - 1's output, as igc_conv would, so a
+  // backend may fuse the layers (the CPU keeps the activations between them in the caches). No
+  // autograd: for tensors that need no gradient.
+  m.def(
+      "igc_conv_chain(Tensor x, Tensor[] w1, Tensor?[] b1, Tensor[] w2, Tensor?[] b2, int groups, "
+      "int[2] stride, int[2] padding, int[2] dilation, bool shuffle, int activation) -> Tensor");
 }

@@ -1,5 +1,6 @@
 // The forward of the fused CPU op (igc_kernels::igc_conv): see layer.h for the scheme.
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "layer.h"
@@ -9,45 +10,50 @@ namespace igc {
 namespace cpu {
 namespace {
 
-// The Winograd forward (layer.h): work items are tiles of four output rows. Per segment of kSegF
-// pixels and primary group, the group's channel rows of the tile's six packed input rows are
-// transformed into component rows (comp: component j of the group's channel row c at
-// comp + (j * grows + c) * wseg, column 0 = packed column p0; a few KiB that stay in L1 for the
-// primary that reads them), the primary writes the group's four y1 tiles, and finish_segment does
-// the rest of each output row. A group whose input rows hold an Inf or NaN in the segment gets
-// its four y1 rows from the direct primary (taps of the packed rows, as in the row-by-row
-// forward), so non-finite values reach exactly the outputs they reach in the direct conv.
-// Transforming straight from x (masked loads for the padding) instead of packed rows measured
-// slower: 9.3-11.1 against 8.9-9.0 ms at 1x96x256x256 on one thread. x's channel rows lie a power
-// of two apart and evict each other from L2 before the next tile reads its two shared rows again,
-// and the packing's row copies keep more DRAM reads in flight.
+// One thread's scratch of the Winograd forward (layer.h), for layers of one shape: the primary of
+// one segment of a tile of four output rows. Per primary group, the group's channel rows of the
+// tile's six packed input rows are transformed into component rows (comp: component j of the
+// group's channel row c at comp + (j * grows + c) * wseg, column 0 = packed column p0; a few KiB
+// that stay in L1 for the primary that reads them), and the primary writes the group's four y1
+// rows. A group whose input rows hold an Inf or NaN in the segment gets its four y1 rows from the
+// direct primary (taps of the packed rows, as in the row-by-row forward), so non-finite values
+// reach exactly the outputs they reach in the direct conv.
 // join: the image is one segment wide and the output (and residual) rows lie one after another,
 // so a whole tile's secondary is one run of 4 * W_out pixels: y1 keeps each channel's four rows
-// one after another too, and finish_segment runs once per tile instead of once per row (36-pixel
+// one after another too, and the caller finishes once per tile instead of once per row (36-pixel
 // training patches: whole vectors, and a quarter of the GEMM calls and their K = L loops).
-template <typename T, typename S, typename Finish>
-void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const Str& xs, Finish&& finish_segment,
-                   bool direct, bool stream, bool join) {
-  const IGCConvParams& p = g.p;
-  const int64_t L = p.L, M = p.M, C = p.C_out, K = p.M_in * p.kW, tiles = (p.H_out + 3) / 4;
-  const int64_t grows = p.M_in * p.sW, wseg = g.wseg;  // packed channel rows per group
-  at::parallel_for(0, p.N * tiles, grain_for(4 * p.W_out * C * (g.K1 + L)), [&](int64_t begin, int64_t end) {
-    RowCache<S> cache(g, kern, 0, /*wino_tiles=*/true);
-    // Each group's channels of the tile's new rows are packed just before the group's transform
-    // reads them (the first segment), so it reads them from L1 (1 thread at 1x96x256x256: 5%
-    // faster; no change on 2 threads or at 16x96x36x36).
-    cache.deferred = pack_in_parts(p, xs);
-    std::array<RowPrefetch<T>, 4> next;  // the input rows the next tile adds to the cache
-    // Only short rows, as in the backward (short_row): at 1x96x256x256 the prefetches stalled on
-    // full fill buffers and the forward ran 2.5% (2 threads) to 4% (1 thread) faster without them;
-    // at 16x96x36x36 they make it 6% faster (A/B in one process, Intel Xeon CI machine).
-    const bool prefetch = short_row<T>(p.W);
-    // y1 row r of channel c: at y1 + c * ly + r * W_out when joined (ly: the four rows and the
-    // vector a row's reads may run past them), else at y1 + (r * C + c) * kSegF.
-    const int64_t ly = round_up(4 * p.W_out, kLanes) + kLanes;
-    LineVec<S> comp(6 * grows * wseg, S(0)), y1(join ? C * ly : 4 * C * kSegF, S(0)), st(direct ? 0 : C * kSegF, S(0));
-    std::vector<const S*> taps(K * 6), y1src(4 * C), res(C);
-    std::vector<S*> y1dst(4 * C), dst(C);
+template <typename S>
+struct WinoTile {
+  const Kernels<S>& kern;
+  const IGCConvParams& p;  // the shape (every layer run through this scratch has it)
+  const bool join;
+  const int64_t grows, wseg, ntaps;
+  // y1 row r of channel c: at y1 + c * ly + r * W_out when joined (ly: the four rows and the
+  // vector a row's reads may run past them), else at y1 + (r * C + c) * kSegF.
+  const int64_t ly;
+  LineVec<S> comp, y1;
+  std::vector<const S*> taps, y1src, rtaps;
+  std::vector<S*> y1dst;
+  const S* rtaps_rows = nullptr;  // the rows rtaps were built from (null: not built)
+  const Layer<S>* rtaps_layer = nullptr;
+  WinoPackArgs<S> pk;
+  WinoArgs<S> a;
+
+  WinoTile(const Layer<S>& g, const Kernels<S>& k, bool join_)
+      : kern(k),
+        p(g.p),
+        join(join_),
+        grows(g.p.M_in * g.p.sW),
+        wseg(g.wseg),
+        ntaps(g.p.C_in * g.p.kH * g.p.kW),
+        ly(round_up(4 * g.p.W_out, kLanes) + kLanes),
+        comp(6 * grows * wseg, S(0)),
+        y1(join ? g.p.C_out * ly : 4 * g.p.C_out * kSegF, S(0)),
+        taps(g.p.M_in * g.p.kW * 6),
+        y1src(4 * g.p.C_out),
+        rtaps(4 * ntaps),
+        y1dst(4 * g.p.C_out) {
+    const int64_t L = p.L, M = p.M, C = p.C_out;
     for (int64_t ci = 0; ci < p.M_in; ++ci)  // tap (ci, kw) of any group, component j: (ci * kW + kw) * 6 + j
       for (int64_t kw = 0; kw < p.kW; ++kw) {
         const int64_t r = (kw * p.dW) % p.sW, shift = (kw * p.dW) / p.sW;
@@ -60,61 +66,108 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
           y1dst[(l * 4 + r) * M + m] = row;
           y1src[r * C + m * L + l] = row;
         }
-    // The direct primary's taps (c, kh, kw) of output row r of the tile (the non-finite fallback),
-    // built when a tile first needs them.
-    const int64_t ntaps = p.C_in * p.kH * p.kW;
-    std::vector<const S*> rtaps(4 * ntaps);
-    int64_t rtaps_item = -1;
-    WinoPackArgs<S> pk;
     pk.ldo = grows * wseg;
-    WinoArgs<S> a;
     a.MB = M;
-    a.K = K;
+    a.K = p.M_in * p.kW;
     a.soff = 0;
     a.src = taps.data();  // every group's component rows sit in comp, at the same places
+  }
+
+  // A new tile: the direct primary's taps are built again when the tile needs them.
+  void new_tile() { rtaps_rows = nullptr; }
+
+  // The y1 rows of layer g's tile whose six packed input rows are rows[0..5], pixels [p0, p0 + len).
+  // before(l) runs before group l's transform (the deferred packing of its channels); after(c)
+  // after the transform of the group's channel row c (the prefetch of the next tile's rows).
+  template <typename Before, typename After>
+  void segment(const Layer<S>& g, const S* const* rows, int64_t p0, int64_t len, Before&& before, After&& after) {
+    // Columns the segment's taps read: [p0, p0 + round_up(len, 8) + reach) of each packed row
+    // when the kernels end a row with a half vector (and no more than that of the next 8 columns
+    // otherwise: vectors of 4 or 8 pixels, or 16 with a row's last 1-8 pixels at half width).
+    pk.n = round_up(round_up(len, kHalfLanes) + (p.dW * (p.kW - 1)) / p.sW, kHalfLanes);
+    a.P = len;
+    const int64_t L = p.L, M = p.M, K = a.K;
+    for (int64_t l = 0; l < L; ++l) {
+      before(l);
+      int nonfinite = 0;
+      for (int64_t c = 0; c < grows; ++c) {
+        for (int64_t kh = 0; kh < 6; ++kh) pk.in[kh] = rows[kh] + (l * grows + c) * g.Wp + p0;
+        pk.out = comp.data() + c * wseg;
+        nonfinite |= kern.wino_pack(pk);
+        after(c);
+      }
+      if (nonfinite) {
+        if (rtaps_rows != rows[0] || rtaps_layer != &g) {
+          for (int64_t r = 0; r < 4; ++r) row_taps(g, rows, r, rtaps.data() + r * ntaps);
+          rtaps_rows = rows[0];
+          rtaps_layer = &g;
+        }
+        for (int64_t r = 0; r < 4; ++r)
+          primary_group(g, kern, l, rtaps.data() + r * ntaps + l * g.K1, y1dst.data() + (l * 4 + r) * M, p0, len);
+        continue;
+      }
+      a.w = g.U.data() + l * K * 6 * M;
+      a.bias = g.b1.empty() ? nullptr : g.b1.data() + l * M;
+      a.dst = y1dst.data() + l * 4 * M;
+      kern.wino(a);
+    }
+  }
+};
+
+// The Winograd forward of one layer: work items are tiles of four output rows; finish_segment
+// does the rest of each output row from its y1 rows.
+// Transforming straight from x (masked loads for the padding) instead of packed rows measured
+// slower: 9.3-11.1 against 8.9-9.0 ms at 1x96x256x256 on one thread. x's channel rows lie a power
+// of two apart and evict each other from L2 before the next tile reads its two shared rows again,
+// and the packing's row copies keep more DRAM reads in flight.
+template <typename T, typename S, typename Finish>
+void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const Str& xs, Finish&& finish_segment,
+                   bool direct, bool stream, bool join) {
+  const IGCConvParams& p = g.p;
+  const int64_t L = p.L, C = p.C_out, tiles = (p.H_out + 3) / 4;
+  at::parallel_for(0, p.N * tiles, grain_for(4 * p.W_out * C * (g.K1 + L)), [&](int64_t begin, int64_t end) {
+    RowCache<S> cache(g, kern, 0, /*wino_tiles=*/true);
+    // Each group's channels of the tile's new rows are packed just before the group's transform
+    // reads them (the first segment), so it reads them from L1 (1 thread at 1x96x256x256: 5%
+    // faster; no change on 2 threads or at 16x96x36x36).
+    cache.deferred = pack_in_parts(p, xs);
+    std::array<RowPrefetch<T>, 4> next;  // the input rows the next tile adds to the cache
+    // Only short rows, as in the backward (short_row): at 1x96x256x256 the prefetches stalled on
+    // full fill buffers and the forward ran 2.5% (2 threads) to 4% (1 thread) faster without them;
+    // at 16x96x36x36 they make it 6% faster (A/B in one process, Intel Xeon CI machine).
+    const bool prefetch = short_row<T>(p.W);
+    WinoTile<S> wt(g, kern, join);
+    LineVec<S> st(direct ? 0 : C * kSegF, S(0));
+    std::vector<const S*> res(C);
+    std::vector<S*> dst(C);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / tiles, t = item % tiles;
       cache.template prepare<T>(xp, xs, n, t);
+      wt.new_tile();
       for (int64_t r = 0; r < 4; ++r)  // rows 4t + 6 .. 4t + 9 (before padding): the next tile's new rows
         next[r].set(prefetch ? xp : nullptr, xs, p.C_in, p.H, p.W, n, item + 1 < end && t + 1 < tiles ? 4 * t + 6 + r - p.pH : -1, p.sW);
       for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
         const int64_t len = std::min(kSegF, p.W_out - p0);
-        // Columns the segment's taps read: [p0, p0 + round_up(len, 8) + reach) of each packed row
-        // when the kernels end a row with a half vector (and no more than that of the next 8 columns
-        // otherwise: vectors of 4 or 8 pixels, or 16 with a row's last 1-8 pixels at half width).
-        pk.n = round_up(round_up(len, kHalfLanes) + (p.dW * (p.kW - 1)) / p.sW, kHalfLanes);
-        a.P = len;
-        for (int64_t l = 0; l < L; ++l) {
-          if (p0 == 0 && cache.deferred) cache.template pack<T>(l * p.M_in, (l + 1) * p.M_in);
-          int nonfinite = 0;
-          for (int64_t c = 0; c < grows; ++c) {
-            for (int64_t kh = 0; kh < 6; ++kh) pk.in[kh] = cache.rows[kh] + (l * grows + c) * g.Wp + p0;
-            pk.out = comp.data() + c * wseg;
-            nonfinite |= kern.wino_pack(pk);
+        int64_t group = 0;
+        wt.segment(
+            g, cache.rows.data(), p0, len,
+            [&](int64_t l) {
+              group = l;
+              if (p0 == 0 && cache.deferred) cache.template pack<T>(l * p.M_in, (l + 1) * p.M_in);
+              if (l > 0)  // the rest of the previous group's next rows (groups of fewer than 4 channel rows)
+                for (int64_t r = wt.grows; r < 4; ++r) next[r].fetch(p0, len, l - 1, L);
+            },
             // One of the next tile's new rows per transform: bursts of all four stalled on full
             // miss buffers.
-            if (c < 4) next[c].fetch(p0, len, l, L);
-          }
-          for (int64_t r = grows; r < 4; ++r) next[r].fetch(p0, len, l, L);
-          if (nonfinite) {
-            if (rtaps_item != item) {
-              for (int64_t r = 0; r < 4; ++r) cache.taps_from(r, rtaps.data() + r * ntaps);
-              rtaps_item = item;
-            }
-            for (int64_t r = 0; r < 4; ++r)
-              primary_group(g, kern, l, rtaps.data() + r * ntaps + l * g.K1, y1dst.data() + (l * 4 + r) * M, p0, len);
-            continue;
-          }
-          a.w = g.U.data() + l * K * 6 * M;
-          a.bias = g.b1.empty() ? nullptr : g.b1.data() + l * M;
-          a.dst = y1dst.data() + l * 4 * M;
-          kern.wino(a);
-        }
+            [&](int64_t c) {
+              if (c < 4) next[c].fetch(p0, len, group, L);
+            });
+        for (int64_t r = wt.grows; r < 4; ++r) next[r].fetch(p0, len, L - 1, L);
         if (join && 4 * t + 3 < p.H_out) {
-          finish_segment(n, 4 * t, 0, 4 * p.W_out, y1src.data(), nullptr, res, dst, st);
+          finish_segment(n, 4 * t, 0, 4 * p.W_out, wt.y1src.data(), nullptr, res, dst, st);
         } else {
           for (int64_t r = 0; r < 4 && 4 * t + r < p.H_out; ++r)
-            finish_segment(n, 4 * t + r, p0, len, y1src.data() + r * C, nullptr, res, dst, st);
+            finish_segment(n, 4 * t + r, p0, len, wt.y1src.data() + r * C, nullptr, res, dst, st);
         }
       }
     }
@@ -359,7 +412,159 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
   return out;
 }
 
+// Inference through a chain of IGC layers, depth first: each thread runs its band of the last
+// layer's row tiles, and computes each earlier layer's tiles just before the next layer needs them,
+// into a ring of that layer's output rows laid out as the next layer's packed input rows (a
+// RowCache slot each). Only the first layer reads x from memory and only the last writes `out`:
+// the activations in between stay in the caches and need no packing. Every value is computed as
+// the layer-by-layer forward computes it (the same kernels on the same packed rows), so the
+// result is bitwise that of running the layers one by one. A thread's band recomputes a few
+// tiles of the earlier layers at its top edge (the rows its first tiles read of the previous band).
+// For layers that chain_applies() to; the caller runs the others layer by layer.
+// The ring of a layer's output rows: a consumer's tile reads rows 4t - 1 .. 4t + 4, written by the
+// producer's tiles t - 1 .. t + 1, and the producer runs a tile ahead (rows up to 4t + 7): nine rows.
+constexpr int64_t kChainRing = 9;
+// A ring row's pixels start at this column of each channel's row (an aligned vector: the rows
+// GEMM's stores into it are whole vectors), and its packed input row at kChainCol - pW.
+constexpr int64_t kChainCol = kLanes;
+
+std::atomic<int64_t> g_chain_runs{0};  // fused chain calls, for the tests (igc_kernels_cpu_chain_runs)
+
+template <typename S>
+bool chain_applies(const std::vector<Layer<S>>& gs, const Tensor& x) {
+  if (gs.size() < 2 || !std::is_same<S, float>::value || x.scalar_type() != at::kFloat) return false;
+  const IGCConvParams& p = gs[0].p;
+  for (const Layer<S>& g : gs) {
+    const IGCConvParams& q = g.p;
+    if (!g.wino || q.has_residual || q.C_in != q.C_out || q.H_out != q.H || q.W_out != q.W || q.sW != 1 || q.pH != 1 ||
+        q.pW != 1 || q.kW != 3 || q.dW != 1 || q.C_in != p.C_in || q.L != p.L || q.H != p.H || q.W != p.W ||
+        q.shuffle != p.shuffle || g.Wp != gs[0].Wp)
+      return false;
+  }
+  return true;
+}
+
+template <typename S>
+Tensor chain_forward(const std::vector<Layer<S>>& gs, const Tensor& x) {
+  const int64_t NL = gs.size();
+  const Layer<S>& g0 = gs[0];
+  const IGCConvParams& p = g0.p;
+  Tensor out = empty_output({p.N, p.C_out, p.H_out, p.W_out}, x.options(), at::MemoryFormat::Contiguous);
+  if (out.numel() == 0) return out;
+  const Kernels<S>& kern = kernels<S>();
+  const S* xp = x.data_ptr<S>();
+  const Str xs = strides_of(x), os = strides_of(out);
+  S* const op = out.data_ptr<S>();
+  const int64_t L = p.L, M = p.M, C = p.C_out, tiles = (p.H_out + 3) / 4, slot = g0.slot, Wp = g0.Wp;
+  const bool stream = os.c % kLanes == 0 && p.W_out % kLanes == 0 && out.nbytes() >= kStreamBytes;
+  at::parallel_for(0, p.N * tiles, grain_for(4 * p.W_out * C * (g0.K1 + L) * NL), [&](int64_t begin, int64_t end) {
+    RowCache<S> cache(g0, kern, 0, /*wino_tiles=*/true);
+    cache.deferred = pack_in_parts(p, xs);
+    WinoTile<S> wt(g0, kern, /*join=*/false);
+    // Layer k < NL - 1: its output row iy (as layer k + 1's packed input row) in slot iy % kChainRing.
+    // (+ a vector: the last ring row's packed row starts kChainCol - pW into its slot)
+    LineVec<S> ring((NL - 1) * kChainRing * slot + kLanes, S(0)), zero(slot, S(0));
+    std::vector<int64_t> done(NL, -1), low(NL, 0);
+    std::vector<char> started(NL, 0);
+    std::vector<const S*> rows(6);
+    std::vector<S*> dst(C);
+    auto ring_row = [&](int64_t k, int64_t iy) { return ring.data() + (k * kChainRing + iy % kChainRing) * slot; };
+    // Tile t of layer k of image n, its input rows ready.
+    auto run = [&](int64_t k, int64_t n, int64_t t) {
+      const Layer<S>& g = gs[k];
+      const bool last = k == NL - 1;
+      const S* const* in = rows.data();
+      if (k == 0) {
+        cache.template prepare<S>(xp, xs, n, t);
+        in = cache.rows.data();
+      } else {
+        for (int64_t r = 0; r < 6; ++r) {
+          const int64_t iy = 4 * t + r - p.pH;
+          rows[r] = iy < 0 || iy >= p.H ? zero.data() : ring_row(k - 1, iy) + kChainCol - p.pW;
+        }
+      }
+      wt.new_tile();
+      RowsArgs<S> b;  // the secondary of one output row, per group m
+      b.MB = L;
+      b.K = L;
+      b.ldw = L;
+      b.soff = 0;
+      b.relu = g.p.activation == kActRelu;
+      b.stream = last && stream;
+      for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
+        const int64_t len = std::min(kSegF, p.W_out - p0);
+        wt.segment(
+            g, in, p0, len,
+            [&](int64_t l) {
+              if (k == 0 && p0 == 0 && cache.deferred) cache.template pack<S>(l * p.M_in, (l + 1) * p.M_in);
+            },
+            [](int64_t) {});
+        b.P = len;
+        for (int64_t r = 0; r < 4 && 4 * t + r < p.H_out; ++r) {
+          const int64_t oy = 4 * t + r;
+          S* const orow = last ? nullptr : ring_row(k, oy) + kChainCol + p0;
+          for (int64_t oc = 0; oc < C; ++oc)
+            dst[g.c2_of_oc[oc]] = last ? op + n * os.n + oc * os.c + oy * os.h + p0 : orow + oc * Wp;
+          for (int64_t m = 0; m < M; ++m) {
+            b.w = g.w2T.data() + m * L * L;
+            b.bias = g.b2.empty() ? nullptr : g.b2.data() + m * L;
+            b.src = wt.y1src.data() + r * C + m * L;
+            b.dst = dst.data() + m * L;
+            kern.rows(b);
+          }
+        }
+      }
+    };
+    // Layer k's tiles through t of image n done, each earlier layer's a tile further (the rows
+    // below a tile's own that its taps read).
+    auto ensure = [&](auto& self, int64_t k, int64_t n, int64_t t) -> void {
+      t = std::min(t, tiles - 1);
+      if (started[k] && done[k] >= t) return;
+      for (int64_t tt = started[k] ? done[k] + 1 : low[k]; tt <= t; ++tt) {
+        if (k > 0) self(self, k - 1, n, tt + 1);
+        run(k, n, tt);
+        started[k] = 1;
+        done[k] = tt;
+      }
+    };
+    int64_t cur = -1;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / tiles, t = item % tiles;
+      if (n != cur) {  // a band's first tile in this image: each earlier layer starts a tile higher
+        cur = n;
+        for (int64_t k = 0; k < NL; ++k) {
+          started[k] = 0;
+          low[k] = std::max<int64_t>(0, t - (NL - 1 - k));
+        }
+      }
+      ensure(ensure, NL - 1, n, t);
+    }
+    if (stream) kern.store_fence();
+  });
+  return out;
+}
+
 }  // namespace
+
+// Layers [i, j) of the chain as one IGC layer each (igc_conv_chain's CPU implementation).
+Tensor forward_chain(const std::vector<IGCConvParams>& ps, const Tensor& x, at::TensorList w1,
+                     const std::vector<c10::optional<Tensor>>& b1, at::TensorList w2,
+                     const std::vector<c10::optional<Tensor>>& b2) {
+  // Channels_last inputs keep their layout layer by layer (the chain writes NCHW).
+  if (x.scalar_type() == at::kFloat && x.suggest_memory_format() == at::MemoryFormat::Contiguous) {
+    std::vector<Layer<float>> gs;
+    gs.reserve(ps.size());
+    for (size_t k = 0; k < ps.size(); ++k)
+      gs.emplace_back(ps[k], w1[k], b1[k], w2[k], b2[k], winograd_enabled(), kChainCol);
+    if (chain_applies(gs, x)) {
+      g_chain_runs.fetch_add(1, std::memory_order_relaxed);
+      return chain_forward(gs, x);
+    }
+  }
+  Tensor h = x;
+  for (size_t k = 0; k < ps.size(); ++k) h = forward(ps[k], h, w1[k], b1[k], w2[k], b2[k], c10::nullopt);
+  return h;
+}
 
 Tensor forward(const IGCConvParams& p, const Tensor& x, const Tensor& w1, const c10::optional<Tensor>& b1,
                const Tensor& w2, const c10::optional<Tensor>& b2, const c10::optional<Tensor>& residual) {
@@ -368,3 +573,9 @@ Tensor forward(const IGCConvParams& p, const Tensor& x, const Tensor& w1, const 
 
 }  // namespace cpu
 }  // namespace igc
+
+// How many igc_conv_chain calls ran fused (the others ran layer by layer): the tests' check that
+// the cases they mean to fuse are fused.
+extern "C" __attribute__((visibility("default"))) int64_t igc_kernels_cpu_chain_runs(void) {
+  return igc::cpu::g_chain_runs.load(std::memory_order_relaxed);
+}

@@ -142,8 +142,9 @@ struct Layer {
 
   // winograd: use the Winograd primary where it applies (the forward asks; the backward's weight
   // gradients need the plain rows).
+  // extra_cols: packed rows that many columns longer (the chain's rings keep their pixels aligned).
   Layer(const IGCConvParams& pp, const Tensor& w1t, const c10::optional<Tensor>& b1t, const Tensor& w2t,
-        const c10::optional<Tensor>& b2t, bool winograd = false)
+        const c10::optional<Tensor>& b2t, bool winograd = false, int64_t extra_cols = 0)
       : p(pp) {
     const auto st = std::is_same<S, double>::value ? at::kDouble : at::kFloat;
     auto vec = [&](const Tensor& t) {
@@ -159,6 +160,7 @@ struct Layer {
     Wp = round_up(p.W_out + reach + kLanes, kLanes);
     // wino_pack reads whole vectors: [p0, p0 + round_up(round_up(len, 16) + reach, 16)).
     if (wino) Wp = std::max(Wp, round_up(p.W_out, kLanes) + round_up(reach, kLanes));
+    Wp += extra_cols;
     slot = p.C_in * p.sW * Wp;
     w1 = vec(w1t);
     w2 = vec(w2t);
@@ -325,6 +327,24 @@ void pack_row(const Layer<S>& g, const Kernels<S>& kern, const T* x, const Str& 
   }
 }
 
+// The taps (c, kh, kw) of the output row whose kH kernel rows are the packed rows rows[r0 ..
+// r0 + kH), in the order of Layer::tap_off.
+// Runs once per output row over C_in * kH * kW taps (as many as the tail conv's GEMM has
+// sources), so everything it reads is held in locals: stores through `out` cannot alias them.
+template <typename S>
+void row_taps(const Layer<S>& g, const S* const* rows, int64_t r0, const S** __restrict out) {
+  const IGCConvParams& p = g.p;
+  const int64_t C = p.C_in, kH = p.kH, kW = p.kW;
+  const int64_t* __restrict off = g.tap_off.data();
+  for (int64_t kh = 0; kh < kH; ++kh) {
+    const S* const row = rows[r0 + kh];
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t t = (c * kH + kh) * kW;
+      for (int64_t kw = 0; kw < kW; ++kw) out[t + kw] = row + off[t + kw];
+    }
+  }
+}
+
 // The packed input rows of one thread: kH (+ extra) slots, each holding one packed input row,
 // reused while consecutive output rows share input rows. prepare() points src at the taps of row
 // (n, oy).
@@ -429,20 +449,7 @@ struct RowCache {
   // The taps (c, kh, kw) of the output row whose kernel rows are rows[r0 .. r0 + kH) (r0 = 0: the
   // prepared row; with wino_tiles, where the rows are consecutive input rows and dH is 1: output row
   // r0 of the tile, for the direct primary).
-  // Runs once per output row over C_in * kH * kW taps (as many as the tail conv's GEMM has
-  // sources), so everything it reads is held in locals: stores through `out` cannot alias them.
-  void taps_from(int64_t r0, const S** __restrict out) const {
-    const IGCConvParams& p = g.p;
-    const int64_t C = p.C_in, kH = p.kH, kW = p.kW;
-    const int64_t* __restrict off = g.tap_off.data();
-    for (int64_t kh = 0; kh < kH; ++kh) {
-      const S* const row = rows[r0 + kh];
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t t = (c * kH + kh) * kW;
-        for (int64_t kw = 0; kw < kW; ++kw) out[t + kw] = row + off[t + kw];
-      }
-    }
-  }
+  void taps_from(int64_t r0, const S** __restrict out) const { row_taps(g, rows.data(), r0, out); }
 };
 
 // Software prefetch (into L2) of one tensor row that the next output row will read, spread over
@@ -582,6 +589,10 @@ std::vector<S> flipped_primary_weights(const Layer<S>& g, uint64_t valid) {
 // The entry points (forward.cpp, backward.cpp), for parameters ops.cpp has checked.
 Tensor forward(const IGCConvParams& p, const Tensor& x, const Tensor& w1, const c10::optional<Tensor>& b1,
                const Tensor& w2, const c10::optional<Tensor>& b2, const c10::optional<Tensor>& residual);
+// Layer k of ps applied to layer k - 1's output (forward.cpp: fused where chain_applies).
+Tensor forward_chain(const std::vector<IGCConvParams>& ps, const Tensor& x, at::TensorList w1,
+                     const std::vector<c10::optional<Tensor>>& b1, at::TensorList w2,
+                     const std::vector<c10::optional<Tensor>>& b2);
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(const IGCConvParams& p, const Tensor& grad_out,
                                                             const Tensor& x, const Tensor& w1,
                                                             const c10::optional<Tensor>& b1, const Tensor& w2,

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..nn import FusedConv2d, IGCConv2d
+from ..nn import FusedConv2d, IGCConv2d, chained_forward
 
 # factory(index, channels) -> a module C->C (3x3, padding 1) that already applies its ReLU.
 LayerFactory = Callable[[int, int], nn.Module]
@@ -106,4 +106,7 @@ class VDSR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 1:
             raise ValueError(f"input must be (N, 1, H, W) (the Y channel), got shape {tuple(x.shape)}")
-        return self.tail(self.body(self.head(x)), residual=x)
+        # The body as nn.Sequential would run it; consecutive IGC layers fused where nothing needs
+        # their gradient (inference on the fused CPU kernel: the activations between them stay in
+        # the caches).
+        return self.tail(chained_forward(self.body, self.head(x)), residual=x)

@@ -4,8 +4,9 @@ import torch
 
 from . import _ext
 from .autograd import register as _register
+from .autograd import register_chain as _register_chain
 from .backends import BACKENDS, available_backends, resolve
-from .functional import igc_conv
+from .functional import igc_conv, igc_conv_chain
 from .reference import channel_shuffle, dense_equivalent, igc_conv_reference
 
 if _ext.has_extension():
@@ -14,6 +15,7 @@ if _ext.has_extension():
         "igc_kernels::igc_conv_backward",
         lambda *args: torch.ops.igc_kernels.igc_conv_backward(*args),
     )
+    _register_chain("igc_kernels::igc_conv_chain")
 
 __all__ = [
     "BACKENDS",
@@ -21,6 +23,7 @@ __all__ = [
     "channel_shuffle",
     "dense_equivalent",
     "igc_conv",
+    "igc_conv_chain",
     "igc_conv_reference",
     "resolve",
 ]

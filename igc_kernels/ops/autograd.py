@@ -46,6 +46,28 @@ def fake_backward(grad_out, x, w1, b1, w2, out, groups, stride, padding, dilatio
     return gx, gw1, gb1, gw2, gb2
 
 
+def fake_chain(x, w1, b1, w2, b2, groups, stride, padding, dilation, shuffle, activation):
+    n, c, h, w = x.shape
+    for weight in w1:
+        c, _, kh, kw = weight.shape
+        h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        w = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return x.new_empty((n, c, h, w)).contiguous(memory_format=memory_format_of(x))
+
+
+def chain_backward(ctx, grad_out):
+    raise RuntimeError(
+        "igc_kernels::igc_conv_chain has no backward (an inference op): for gradients run the "
+        "layers with igc_conv, as igc_kernels.ops.igc_conv_chain does whenever a gradient is needed"
+    )
+
+
+def register_chain(op_name: str) -> None:
+    """Fake kernel of the chain op, and a backward that says it has none."""
+    torch.library.register_fake(op_name)(fake_chain)
+    torch.library.register_autograd(op_name, chain_backward, setup_context=lambda ctx, inputs, output: None)
+
+
 def setup_context(ctx, inputs, output) -> None:
     x, w1, b1, w2, b2, residual, groups, stride, padding, dilation, shuffle, activation = inputs
     # The output is saved only for the ReLU mask; in a network it is the next layer's input, which

@@ -81,3 +81,65 @@ def igc_conv(
     if chosen == "triton":
         return torch.ops.igc_kernels.igc_conv_triton(*args)
     return torch.ops.igc_kernels.igc_conv(*args)
+
+
+def igc_conv_chain(
+    x: torch.Tensor,
+    layers,
+    *,
+    groups: int,
+    stride: Pair = 1,
+    padding: Pair = 0,
+    dilation: Pair = 1,
+    shuffle: bool = True,
+    activation: str = "none",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """A chain of IGC layers with the same hyperparameters: ``layers`` is a sequence of
+    ``(w1, w2, b1, b2)``, and the result is that of ``igc_conv`` applied layer after layer.
+
+    For inference: where no gradient is needed and the chain runs on the fused CPU kernel, the
+    layers run as one op (``igc_kernels::igc_conv_chain``) that keeps the activations between them
+    in the caches, bitwise equal to the layer-by-layer result; otherwise (autograd, other
+    backends, autocast) layer by layer.
+
+    Example::
+
+        layers = [(torch.randn(96, 4, 3, 3) * 0.2, torch.randn(96, 24, 1, 1) * 0.2, None, None)] * 2
+        with torch.no_grad():
+            y = igc_conv_chain(torch.randn(1, 96, 64, 64), layers, groups=24, padding=1, activation="relu")
+    """
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers must hold at least one (w1, w2, b1, b2) tuple, got none")
+    for k, layer in enumerate(layers):
+        if not isinstance(layer, (tuple, list)) or len(layer) != 4:
+            raise ValueError(f"layers[{k}] must be a (w1, w2, b1, b2) tuple, got {type(layer).__name__}")
+    kwargs = dict(groups=groups, stride=stride, padding=padding, dilation=dilation, shuffle=shuffle,
+                  activation=activation)
+    tensors = [x] + [t for layer in layers for t in layer if t is not None]
+    needs_grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+    autocast = isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type)
+    if len(layers) == 1 or needs_grad or autocast or not isinstance(x, torch.Tensor) or \
+            backends.resolve(backend, x) != "cpu":
+        for w1, w2, b1, b2 in layers:
+            x = igc_conv(x, w1, w2, b1, b2, backend=backend, **kwargs)
+        return x
+    stride_ = pair(stride, "stride", 1)
+    padding_ = pair(padding, "padding", 0)
+    dilation_ = pair(dilation, "dilation", 1)
+    act = activation_code(activation)
+    if not isinstance(shuffle, bool):
+        raise TypeError(f"shuffle must be a bool, got {shuffle!r}")
+    h = x
+    for k, (w1, w2, b1, b2) in enumerate(layers):
+        try:
+            shape = check_igc_args(h, w1, b1, w2, b2, None, groups, stride_, padding_, dilation_)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"layers[{k}]: {exc}") from None
+        # The next layer's input, for the checks: x's storage with the output's sizes (no copy).
+        h = x.as_strided((x.shape[0], shape.c_out, shape.h_out, shape.w_out), (0, 0, 0, 0))
+    return torch.ops.igc_kernels.igc_conv_chain(
+        x, [layer[0] for layer in layers], [layer[2] for layer in layers], [layer[1] for layer in layers],
+        [layer[3] for layer in layers], groups, list(stride_), list(padding_), list(dilation_), shuffle, act,
+    )
