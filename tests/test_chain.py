@@ -162,6 +162,20 @@ def test_chain_overflow_in_a_middle_layer():
     torch.testing.assert_close(ours, layerwise, rtol=0, atol=0, equal_nan=True)
 
 
+def test_chain_scratch_reused_between_calls():
+    """Each thread keeps its rings between calls of one geometry: a call after one with other
+    data (Inf in it), after another geometry, and again after it, still equals layer by layer."""
+    layers = _layers(2, 3, 2, seed=17)
+    x_inf = torch.randn(1, 6, 24, 40)
+    x_inf[0, :, :, ::7] = float("inf")
+    with torch.no_grad():
+        for x in (x_inf, torch.randn(1, 6, 24, 40), torch.randn(2, 6, 17, 37), torch.randn(1, 6, 24, 40)):
+            with _fused(True):
+                ours = _chain_op(x, layers, 3)
+            torch.testing.assert_close(ours, _one_by_one(x, layers, activation="relu"), rtol=0, atol=0,
+                                       equal_nan=True)
+
+
 def test_functional_chain_follows_autograd():
     """Where a gradient is needed igc_conv_chain runs the layers one by one, and gradients flow."""
     layers = [tuple(t.requires_grad_() if t is not None else None for t in layer) for layer in _layers(2, 3, 2, 12)]

@@ -444,6 +444,38 @@ bool chain_applies(const std::vector<Layer<S>>& gs, const Tensor& x) {
   return true;
 }
 
+// One thread's rings and zero row, kept between calls of one geometry (whose ring rows then hold
+// zeros wherever no pixel is written): filling 1-2 MB with zeros, fresh pages each, in every call
+// cost more than the data it held. Up to kChainKeepBytes are kept per thread.
+constexpr size_t kChainKeepBytes = size_t(16) << 20;
+template <typename S>
+struct ChainScratch {
+  LineVec<S> ring, zero;
+  int64_t slot = -1, Wp = -1, W = -1;  // the geometry whose zeros the buffers hold
+
+  void prepare(int64_t need, int64_t slot_, int64_t Wp_, int64_t W_) {
+    if (slot != slot_ || Wp != Wp_ || W != W_ || int64_t(ring.size()) < need) {
+      ring.assign(need, S(0));
+      zero.assign(slot_, S(0));
+      slot = slot_;
+      Wp = Wp_;
+      W = W_;
+    }
+  }
+  void trim() {
+    if ((ring.size() + zero.size()) * sizeof(S) > kChainKeepBytes) {
+      LineVec<S>().swap(ring);
+      LineVec<S>().swap(zero);
+      slot = -1;
+    }
+  }
+};
+template <typename S>
+ChainScratch<S>& chain_scratch() {
+  thread_local ChainScratch<S> scratch;
+  return scratch;
+}
+
 template <typename S>
 Tensor chain_forward(const std::vector<Layer<S>>& gs, const Tensor& x) {
   const int64_t NL = gs.size();
@@ -461,14 +493,17 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Tensor& x) {
     RowCache<S> cache(g0, kern, 0, /*wino_tiles=*/true);
     cache.deferred = pack_in_parts(p, xs);
     WinoTile<S> wt(g0, kern, /*join=*/false);
-    // Layer k < NL - 1: its output row iy (as layer k + 1's packed input row) in slot iy % kChainRing.
-    // (+ a vector: the last ring row's packed row starts kChainCol - pW into its slot)
-    LineVec<S> ring((NL - 1) * kChainRing * slot + kLanes, S(0)), zero(slot, S(0));
+    // Layer k < NL - 1: its output row iy (as layer k + 1's packed input row) in slot iy % kChainRing
+    // (+ a vector: the last ring row's packed row starts kChainCol - pW into its slot).
+    ChainScratch<S>& scratch = chain_scratch<S>();
+    scratch.prepare((NL - 1) * kChainRing * slot + kLanes, slot, Wp, p.W);
+    S* const ring = scratch.ring.data();
+    const S* const zero = scratch.zero.data();
     std::vector<int64_t> done(NL, -1), low(NL, 0);
     std::vector<char> started(NL, 0);
     std::vector<const S*> rows(6);
     std::vector<S*> dst(C);
-    auto ring_row = [&](int64_t k, int64_t iy) { return ring.data() + (k * kChainRing + iy % kChainRing) * slot; };
+    auto ring_row = [&](int64_t k, int64_t iy) { return ring + (k * kChainRing + iy % kChainRing) * slot; };
     // Tile t of layer k of image n, its input rows ready.
     auto run = [&](int64_t k, int64_t n, int64_t t) {
       const Layer<S>& g = gs[k];
@@ -480,7 +515,7 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Tensor& x) {
       } else {
         for (int64_t r = 0; r < 6; ++r) {
           const int64_t iy = 4 * t + r - p.pH;
-          rows[r] = iy < 0 || iy >= p.H ? zero.data() : ring_row(k - 1, iy) + kChainCol - p.pW;
+          rows[r] = iy < 0 || iy >= p.H ? zero : ring_row(k - 1, iy) + kChainCol - p.pW;
         }
       }
       wt.new_tile();
@@ -539,6 +574,7 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Tensor& x) {
       }
       ensure(ensure, NL - 1, n, t);
     }
+    scratch.trim();
     if (stream) kern.store_fence();
   });
   return out;
