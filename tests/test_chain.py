@@ -246,6 +246,19 @@ def test_chained_forward_equals_sequential(dense_at, max_chain):
     assert out.requires_grad and torch.equal(out.detach(), body(x).detach())
 
 
+def test_chained_forward_runs_hooked_layers_as_modules():
+    """A layer with a forward hook is called as a module (its hook runs), the others still chain."""
+    body = _body().eval()
+    seen = []
+    body[3].register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    x = torch.randn(1, 8, 16, 20)
+    with torch.no_grad():
+        with _fused(True):
+            ours = chained_forward(body, x)
+        assert torch.equal(ours, body(x))
+    assert len(seen) == 2  # chained_forward's call, then body(x)'s
+
+
 def test_chained_forward_compiles():
     body = _body(dense_at=(4,)).eval()
     x = torch.randn(1, 8, 16, 24)

@@ -582,7 +582,8 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Tensor& x) {
 
 }  // namespace
 
-// Layers [i, j) of the chain as one IGC layer each (igc_conv_chain's CPU implementation).
+// Layer k of ps applied to layer k - 1's output (igc_conv_chain's CPU implementation): fused where
+// chain_applies, else layer by layer.
 Tensor forward_chain(const std::vector<IGCConvParams>& ps, const Tensor& x, at::TensorList w1,
                      const std::vector<c10::optional<Tensor>>& b1, at::TensorList w2,
                      const std::vector<c10::optional<Tensor>>& b2) {

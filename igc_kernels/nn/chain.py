@@ -18,15 +18,19 @@ DEFAULT_CHAIN = 2
 
 
 def _chain_key(m: nn.Module):
-    """What consecutive layers must share to run as one chain (None: this layer cannot chain)."""
-    if not isinstance(m, IGCConv2d) or m.padding_mode != "zeros" or m.in_channels != m.out_channels:
+    """What consecutive layers must share to run as one chain (None: this layer cannot chain).
+    Layers with hooks, and subclasses (their own forward), run as modules."""
+    if type(m) is not IGCConv2d or m.padding_mode != "zeros" or m.in_channels != m.out_channels:
+        return None
+    if m._forward_hooks or m._forward_pre_hooks or nn.modules.module._global_forward_hooks or \
+            nn.modules.module._global_forward_pre_hooks:
         return None
     return (m.primary_groups, m.kernel_size, m.stride, m.padding, m.dilation, m.shuffle, m.activation, m.backend)
 
 
 def chained_forward(layers: Iterable[nn.Module], x: torch.Tensor, max_chain: int = DEFAULT_CHAIN) -> torch.Tensor:
     """``layers`` applied in order, as ``nn.Sequential`` would; runs of consecutive ``IGCConv2d``
-    layers with the same hyperparameters (and as many input as output channels) go through
+    layers with the same hyperparameters (as many input as output channels, no hooks) go through
     ``igc_kernels.ops.igc_conv_chain`` in chains of up to ``max_chain`` layers, which fuses them
     where no gradient is needed and the fused CPU kernel runs them, with the same result.
 

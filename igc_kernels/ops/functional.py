@@ -26,6 +26,14 @@ def _autocast(*tensors):
     return tuple(cast(t) for t in tensors)
 
 
+def _hyperparameters(stride, padding, dilation, shuffle, activation):
+    """The op's stride, padding and dilation pairs and activation code, checked."""
+    if not isinstance(shuffle, bool):
+        raise TypeError(f"shuffle must be a bool, got {shuffle!r}")
+    return pair(stride, "stride", 1), pair(padding, "padding", 0), pair(dilation, "dilation", 1), \
+        activation_code(activation)
+
+
 def igc_conv(
     x: torch.Tensor,
     w1: torch.Tensor,
@@ -66,12 +74,7 @@ def igc_conv(
         if not isinstance(w2, torch.Tensor) or w2.dim() != 4:
             raise ValueError("w2 must be a 4-D (M*L, L, 1, 1) tensor to infer groups; pass groups=L")
         groups = int(w2.shape[1])
-    stride_ = pair(stride, "stride", 1)
-    padding_ = pair(padding, "padding", 0)
-    dilation_ = pair(dilation, "dilation", 1)
-    act = activation_code(activation)
-    if not isinstance(shuffle, bool):
-        raise TypeError(f"shuffle must be a bool, got {shuffle!r}")
+    stride_, padding_, dilation_, act = _hyperparameters(stride, padding, dilation, shuffle, activation)
     x, w1, w2, b1, b2, residual = _autocast(x, w1, w2, b1, b2, residual)
     check_igc_args(x, w1, b1, w2, b2, residual, groups, stride_, padding_, dilation_)
     args = (x, w1, b1, w2, b2, residual, groups, list(stride_), list(padding_), list(dilation_), shuffle, act)
@@ -125,12 +128,7 @@ def igc_conv_chain(
         for w1, w2, b1, b2 in layers:
             x = igc_conv(x, w1, w2, b1, b2, backend=backend, **kwargs)
         return x
-    stride_ = pair(stride, "stride", 1)
-    padding_ = pair(padding, "padding", 0)
-    dilation_ = pair(dilation, "dilation", 1)
-    act = activation_code(activation)
-    if not isinstance(shuffle, bool):
-        raise TypeError(f"shuffle must be a bool, got {shuffle!r}")
+    stride_, padding_, dilation_, act = _hyperparameters(stride, padding, dilation, shuffle, activation)
     h = x
     for k, (w1, w2, b1, b2) in enumerate(layers):
         try:
