@@ -5,9 +5,12 @@
 """
 
 from . import ops
-from .nn import FusedConv2d, IGCConv2d, replace_conv2d
-from .ops import available_backends, igc_conv
+from .nn import FusedConv2d, IGCConv2d, chained_forward, replace_conv2d
+from .ops import available_backends, igc_conv, igc_conv_chain
 
 __version__ = "0.1.0"
 
-__all__ = ["FusedConv2d", "IGCConv2d", "available_backends", "igc_conv", "ops", "replace_conv2d", "__version__"]
+__all__ = [
+    "FusedConv2d", "IGCConv2d", "available_backends", "chained_forward", "igc_conv", "igc_conv_chain", "ops",
+    "replace_conv2d", "__version__",
+]
