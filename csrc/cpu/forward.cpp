@@ -446,8 +446,9 @@ bool chain_applies(const std::vector<Layer<S>>& gs, const Tensor& x) {
 
 // One thread's rings and zero row, kept between calls of one geometry (whose ring rows then hold
 // zeros wherever no pixel is written): filling 1-2 MB with zeros, fresh pages each, in every call
-// cost more than the data it held. Up to kChainKeepBytes are kept per thread.
-constexpr size_t kChainKeepBytes = size_t(16) << 20;
+// cost more than the data it held. Up to kChainKeepBytes are kept per thread (rows up to about
+// 1,000 pixels of 96 channels; wider images get theirs per call, a smaller share of their time).
+constexpr size_t kChainKeepBytes = size_t(4) << 20;
 template <typename S>
 struct ChainScratch {
   LineVec<S> ring, zero;
