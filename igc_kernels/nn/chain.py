@@ -11,9 +11,10 @@ from ..ops import igc_conv_chain
 from .igc_conv2d import IGCConv2d
 
 # Layers per fused chain. On the 2-core CI machine, 2 threads, IGC-VDSR inference at 256x256 took
-# 73.1-74.3 ms with chains of 2, 74.9-75.1 with chains of 3 and 79.8-83.4 layer by layer (one
-# process, alternating); the 18 body layers alone in longer chains were slower still (6 layers:
-# 73.5-81.6 ms, 18: 95.0-96.6, against 76.0-80.1 layer by layer): their rings no longer fit in L2.
+# 73.1-76.8 ms with chains of 2, 72.6-77.3 with chains of 3 and 79.8-83.4 layer by layer (four
+# processes, alternating); six body layers on 1x96x64x1920 took 52.1 ms in chains of 2 and 57.1 in
+# chains of 3 (56.4 layer by layer), and longer chains were slower still (the 18 body layers at
+# 256x256 in chains of 6: 73.5-81.6 ms, of 18: 95.0-96.6): their rings no longer fit in L2.
 DEFAULT_CHAIN = 2
 
 
@@ -51,10 +52,10 @@ def chained_forward(layers: Iterable[nn.Module], x: torch.Tensor, max_chain: int
                 h = part[0](h)
                 continue
             m = part[0]
+            weights = [(layer.weight1, layer.weight2, layer.bias1, layer.bias2) for layer in part]
             h = igc_conv_chain(
-                h, [(p.weight1, p.weight2, p.bias1, p.bias2) for p in part], groups=m.primary_groups,
-                stride=m.stride, padding=m.padding, dilation=m.dilation, shuffle=m.shuffle,
-                activation=m.activation, backend=m.backend,
+                h, weights, groups=m.primary_groups, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                shuffle=m.shuffle, activation=m.activation, backend=m.backend,
             )
         run.clear()
         return h
