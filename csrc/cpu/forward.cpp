@@ -10,6 +10,27 @@ namespace igc {
 namespace cpu {
 namespace {
 
+// The secondary (grouped 1x1 conv) of P pixels: per group m, a rows GEMM from the y1 rows
+// y1src[m * L ..] (secondary order) to the output rows dst[m * L ..] (+ res[m * L ..] when res is
+// not null); b carries the epilogue (P, relu, stream).
+template <typename S>
+void secondary(const Layer<S>& g, const Kernels<S>& kern, RowsArgs<S> b, const S* const* y1src, S* const* dst,
+               const S* const* res) {
+  const int64_t L = g.p.L;
+  b.MB = L;
+  b.K = L;
+  b.ldw = L;
+  b.soff = 0;
+  for (int64_t m = 0; m < g.p.M; ++m) {
+    b.w = g.w2T.data() + m * L * L;
+    b.bias = g.b2.empty() ? nullptr : g.b2.data() + m * L;
+    b.src = y1src + m * L;
+    b.dst = dst + m * L;
+    b.res = res ? res + m * L : nullptr;
+    kern.rows(b);
+  }
+}
+
 // One thread's scratch of the Winograd forward (layer.h), for layers of one shape: the primary of
 // one segment of a tile of four output rows. Per primary group, the group's channel rows of the
 // tile's six packed input rows are transformed into component rows (comp: component j of the
@@ -34,8 +55,7 @@ struct WinoTile {
   LineVec<S> comp, y1;
   std::vector<const S*> taps, y1src, rtaps;
   std::vector<S*> y1dst;
-  const S* rtaps_rows = nullptr;  // the rows rtaps were built from (null: not built)
-  const Layer<S>* rtaps_layer = nullptr;
+  bool rtaps_built = false;  // rtaps hold this tile's taps
   WinoPackArgs<S> pk;
   WinoArgs<S> a;
 
@@ -74,11 +94,11 @@ struct WinoTile {
   }
 
   // A new tile: the direct primary's taps are built again when the tile needs them.
-  void new_tile() { rtaps_rows = nullptr; }
+  void new_tile() { rtaps_built = false; }
 
   // The y1 rows of layer g's tile whose six packed input rows are rows[0..5], pixels [p0, p0 + len).
-  // before(l) runs before group l's transform (the deferred packing of its channels); after(c)
-  // after the transform of the group's channel row c (the prefetch of the next tile's rows).
+  // before(l) runs before group l's transform (the deferred packing of its channels); after(l, c)
+  // after the transform of its channel row c (the prefetch of the next tile's rows).
   template <typename Before, typename After>
   void segment(const Layer<S>& g, const S* const* rows, int64_t p0, int64_t len, Before&& before, After&& after) {
     // Columns the segment's taps read: [p0, p0 + round_up(len, 8) + reach) of each packed row
@@ -94,13 +114,12 @@ struct WinoTile {
         for (int64_t kh = 0; kh < 6; ++kh) pk.in[kh] = rows[kh] + (l * grows + c) * g.Wp + p0;
         pk.out = comp.data() + c * wseg;
         nonfinite |= kern.wino_pack(pk);
-        after(c);
+        after(l, c);
       }
       if (nonfinite) {
-        if (rtaps_rows != rows[0] || rtaps_layer != &g) {
+        if (!rtaps_built) {
           for (int64_t r = 0; r < 4; ++r) row_taps(g, rows, r, rtaps.data() + r * ntaps);
-          rtaps_rows = rows[0];
-          rtaps_layer = &g;
+          rtaps_built = true;
         }
         for (int64_t r = 0; r < 4; ++r)
           primary_group(g, kern, l, rtaps.data() + r * ntaps + l * g.K1, y1dst.data() + (l * 4 + r) * M, p0, len);
@@ -148,21 +167,18 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
         next[r].set(prefetch ? xp : nullptr, xs, p.C_in, p.H, p.W, n, item + 1 < end && t + 1 < tiles ? 4 * t + 6 + r - p.pH : -1, p.sW);
       for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
         const int64_t len = std::min(kSegF, p.W_out - p0);
-        int64_t group = 0;
         wt.segment(
             g, cache.rows.data(), p0, len,
             [&](int64_t l) {
-              group = l;
               if (p0 == 0 && cache.deferred) cache.template pack<T>(l * p.M_in, (l + 1) * p.M_in);
-              if (l > 0)  // the rest of the previous group's next rows (groups of fewer than 4 channel rows)
-                for (int64_t r = wt.grows; r < 4; ++r) next[r].fetch(p0, len, l - 1, L);
             },
             // One of the next tile's new rows per transform: bursts of all four stalled on full
-            // miss buffers.
-            [&](int64_t c) {
-              if (c < 4) next[c].fetch(p0, len, group, L);
+            // miss buffers (groups of fewer than 4 channel rows fetch the rest after their last).
+            [&](int64_t l, int64_t c) {
+              if (c < 4) next[c].fetch(p0, len, l, L);
+              if (c + 1 == wt.grows)
+                for (int64_t r = wt.grows; r < 4; ++r) next[r].fetch(p0, len, l, L);
             });
-        for (int64_t r = wt.grows; r < 4; ++r) next[r].fetch(p0, len, L - 1, L);
         if (join && 4 * t + 3 < p.H_out) {
           finish_segment(n, 4 * t, 0, 4 * p.W_out, wt.y1src.data(), nullptr, res, dst, st);
         } else {
@@ -318,18 +334,7 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
       b.res = direct && rp ? res.data() : nullptr;
       kern.rows(b);
     } else {  // the secondary, per group m, from the y1 tile
-      b.MB = L;
-      b.K = L;
-      b.ldw = L;
-      b.soff = 0;
-      for (int64_t m = 0; m < M; ++m) {
-        b.w = g.w2T.data() + m * L * L;
-        b.bias = g.b2.empty() ? nullptr : g.b2.data() + m * L;
-        b.src = y1src + m * L;
-        b.dst = dst.data() + m * L;
-        b.res = direct && rp ? res.data() + m * L : nullptr;
-        kern.rows(b);
-      }
+      secondary(g, kern, b, y1src, dst.data(), direct && rp ? res.data() : nullptr);
     }
     if (direct) return;
     // General epilogue from the tile: residual, activation, rounding to T, any output strides.
@@ -488,7 +493,7 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Tensor& x) {
   const S* xp = x.data_ptr<S>();
   const Str xs = strides_of(x), os = strides_of(out);
   S* const op = out.data_ptr<S>();
-  const int64_t L = p.L, M = p.M, C = p.C_out, tiles = (p.H_out + 3) / 4, slot = g0.slot, Wp = g0.Wp;
+  const int64_t L = p.L, C = p.C_out, tiles = (p.H_out + 3) / 4, slot = g0.slot, Wp = g0.Wp;
   const bool stream = os.c % kLanes == 0 && p.W_out % kLanes == 0 && out.nbytes() >= kStreamBytes;
   at::parallel_for(0, p.N * tiles, grain_for(4 * p.W_out * C * (g0.K1 + L) * NL), [&](int64_t begin, int64_t end) {
     RowCache<S> cache(g0, kern, 0, /*wino_tiles=*/true);
@@ -520,11 +525,7 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Tensor& x) {
         }
       }
       wt.new_tile();
-      RowsArgs<S> b;  // the secondary of one output row, per group m
-      b.MB = L;
-      b.K = L;
-      b.ldw = L;
-      b.soff = 0;
+      RowsArgs<S> b;  // the epilogue of the secondary
       b.relu = g.p.activation == kActRelu;
       b.stream = last && stream;
       for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
@@ -534,20 +535,14 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Tensor& x) {
             [&](int64_t l) {
               if (k == 0 && p0 == 0 && cache.deferred) cache.template pack<S>(l * p.M_in, (l + 1) * p.M_in);
             },
-            [](int64_t) {});
+            [](int64_t, int64_t) {});
         b.P = len;
         for (int64_t r = 0; r < 4 && 4 * t + r < p.H_out; ++r) {
           const int64_t oy = 4 * t + r;
           S* const orow = last ? nullptr : ring_row(k, oy) + kChainCol + p0;
           for (int64_t oc = 0; oc < C; ++oc)
             dst[g.c2_of_oc[oc]] = last ? op + n * os.n + oc * os.c + oy * os.h + p0 : orow + oc * Wp;
-          for (int64_t m = 0; m < M; ++m) {
-            b.w = g.w2T.data() + m * L * L;
-            b.bias = g.b2.empty() ? nullptr : g.b2.data() + m * L;
-            b.src = wt.y1src.data() + r * C + m * L;
-            b.dst = dst.data() + m * L;
-            kern.rows(b);
-          }
+          secondary<S>(g, kern, b, wt.y1src.data() + r * C, dst.data(), nullptr);
         }
       }
     };
