@@ -251,13 +251,9 @@ def test_winograd_bfloat16_and_threads():
     threads mid-image, give the same values."""
     case = IGCCase(N=2, L=6, M_in=4, M=4, H=24, W=40, residual=True)
     _check_case(case.with_(activation=0), seed=43, dtype=torch.bfloat16)
-    before = torch.get_num_threads()
-    try:
-        for threads in (3, 16):
-            torch.set_num_threads(threads)
+    for threads in (3, 16):
+        with _num_threads(threads):
             _check_case(case, seed=44)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_winograd_strided_input(winograd):
@@ -430,14 +426,10 @@ def test_few_output_channels(case, isa):
     _check_case(case, seed=17)
     args = case.make(seed=18)
     ref = igc_conv_reference(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
-    before = torch.get_num_threads()
-    try:
-        outs = []
-        for threads in (1, 2, 3, 4):  # chunks of rows that start and end inside images
-            torch.set_num_threads(threads)
+    outs = []
+    for threads in (1, 2, 3, 4):  # chunks of rows that start and end inside images
+        with _num_threads(threads):
             outs.append(torch.ops.igc_kernels.igc_conv(*args))
-    finally:
-        torch.set_num_threads(before)
     assert_close_to_reference(outs[0], ref, torch.float32, f"{case} forward")
     for out in outs[1:]:
         assert torch.equal(out, outs[0])  # each input row's GEMM is the same whatever the chunking
@@ -608,17 +600,13 @@ def test_non_finite_weights_propagate(winograd):
 def test_thread_count_does_not_change_results():
     case = IGCCase(N=2, L=8, M_in=4, M=4, H=24, W=40, residual=True)
     args = case.make(seed=21)
-    before = torch.get_num_threads()
-    try:
-        results = []
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
+    results = []
+    for threads in (1, 2):
+        with _num_threads(threads):
             out = torch.ops.igc_kernels.igc_conv(*args)
             grads = torch.ops.igc_kernels.igc_conv_backward(torch.ones_like(out), args[0], args[1], args[2],
                                                             args[3], out, *args[6:], [True] * 5)
-            results.append((out, grads))
-    finally:
-        torch.set_num_threads(before)
+        results.append((out, grads))
     assert torch.equal(results[0][0], results[1][0])  # rows are independent: bitwise equal
     for a, b in zip(results[0][1], results[1][1]):  # weight grads sum in a different order
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
