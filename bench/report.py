@@ -3,8 +3,12 @@
     pytest bench --benchmark-only --benchmark-json=bench/results/raw.json
     python bench/report.py bench/results/raw.json [--readme README.md]
 
-Writes bench/results/<device>-<date>.md and .png. Each row names the device, the versions and the
-dtype; speedups are ratios of medians measured in the same run. "% of peak" is the achieved
+Writes bench/results/<device>-<date>.md and .png (the date the benchmarks ran, from the results).
+Each row names the device, the versions and the dtype; speedups are ratios of medians measured in
+the same run. Each row also gives the spread of its rounds (first to third quartile) and each
+speedup the range those spreads allow (the peer's first quartile over the fused path's third, to
+the peer's third over the fused path's first): on a shared machine whose speed drifts during a
+run, a ratio whose range stays above a target is one the noise did not make. "% of peak" is the achieved
 GFLOP/s (useful FLOPs of the layer or network: the fused path's recompute is not counted) over the
 FLOP floor's rate, --peak-gflops (default: this machine's fp32 FMA peak on the benchmark's thread
 count, measured now by bench/tools/fma_peak.c through bench/peak.py; DEFAULT_PEAK_GFLOPS where it
@@ -46,6 +50,9 @@ def load_rows(paths: list[Path]) -> tuple[list[dict], dict]:
                 "mode": str(params.get("mode", "")),
                 "shape": str(info.get("shape", params.get("shape", ""))),
                 "median": float(b["stats"]["median"]),
+                # Quartiles of the rounds (pytest-benchmark always writes them; the median otherwise).
+                "q1": float(b["stats"].get("q1", b["stats"]["median"])),
+                "q3": float(b["stats"].get("q3", b["stats"]["median"])),
                 "rounds": int(b["stats"]["rounds"]),
                 "gflop": float(info.get("gflop", 0.0)),
                 "device": info.get("device", "cpu"),
@@ -54,6 +61,20 @@ def load_rows(paths: list[Path]) -> tuple[list[dict], dict]:
                 "threads": info.get("threads", ""),
             })
     return rows, machine
+
+
+def run_date(paths: list[Path]) -> dt.date:
+    """The day the benchmarks ran (the latest results file's 'datetime', in UTC), so a report made
+    later from committed results keeps their date; today where no file records one."""
+    days = []
+    for path in paths:
+        stamp = json.loads(path.read_text()).get("datetime")
+        if isinstance(stamp, str):
+            try:
+                days.append(dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).date())
+            except ValueError:
+                pass
+    return max(days) if days else dt.date.today()
 
 
 def _baseline(providers: list[str]) -> str | None:
@@ -74,7 +95,8 @@ def tables(rows: list[dict], peak_gflops: float = DEFAULT_PEAK_GFLOPS
     for (group, shape, mode), rs in sorted(grouped.items()):
         rs.sort(key=lambda r: r["median"])
         base = _baseline([r["provider"] for r in rs])
-        base_t = next((r["median"] for r in rs if r["provider"] == base), None)
+        base_r = next((r for r in rs if r["provider"] == base), None)
+        base_t = base_r["median"] if base_r else None
         title = f"{group}: {shape}, {mode}, {rs[0]['device']} {rs[0]['dtype']}, torch {rs[0]['torch']}, {rs[0]['threads']} threads"
         lines, speedups, fractions = [], {}, {}
         for r in rs:
@@ -84,9 +106,14 @@ def tables(rows: list[dict], peak_gflops: float = DEFAULT_PEAK_GFLOPS
                 speedups[r["provider"]] = ratio
             if r["gflop"]:
                 fractions[r["provider"]] = gflops / peak_gflops
-            lines.append([r["provider"], f"{r['median'] * 1e3:.2f}", f"{gflops:.1f}",
-                          f"{100 * gflops / peak_gflops:.0f}%" if r["gflop"] else "-",
-                          f"{ratio:.2f}x" if ratio is not None else "-", str(r["rounds"])])
+            # The speedup if the peer sat at its fast quartile and the fused path at its slow one, to
+            # the other way round; none for the fused row itself.
+            span = "-"
+            if base_r is not None and r is not base_r and base_r["q1"] > 0 and base_r["q3"] > 0:
+                span = f"{r['q1'] / base_r['q3']:.2f}-{r['q3'] / base_r['q1']:.2f}x"
+            lines.append([r["provider"], f"{r['median'] * 1e3:.2f}", f"{r['q1'] * 1e3:.2f}-{r['q3'] * 1e3:.2f}",
+                          f"{gflops:.1f}", f"{100 * gflops / peak_gflops:.0f}%" if r["gflop"] else "-",
+                          f"{ratio:.2f}x" if ratio is not None else "-", span, str(r["rounds"])])
         out.append((title, lines, speedups, fractions))
     return out
 
@@ -94,13 +121,15 @@ def tables(rows: list[dict], peak_gflops: float = DEFAULT_PEAK_GFLOPS
 def markdown(rows: list[dict], machine: dict, peak_gflops: float = DEFAULT_PEAK_GFLOPS) -> str:
     cpu = (machine.get("cpu") or {}).get("brand_raw", platform.processor() or platform.machine())
     parts = [f"Machine: {cpu}, Python {machine.get('python_version', platform.python_version())}. "
-             "Time = median; 'fused is Nx faster' = this row's median / the fused row's median (same run); "
+             "Time = median, q1-q3 = its rounds' first to third quartile; 'fused is Nx faster' = this row's "
+             "median / the fused row's median (same run), and its range = this row's q1 / the fused row's q3 "
+             "to this row's q3 / the fused row's q1; "
              f"% of peak = GFLOP/s / {peak_gflops:g} GFLOP/s (the FLOP floor's rate; dense rows count the "
              "dense conv's own FLOPs)."]
     for title, lines, _, _ in tables(rows, peak_gflops):
         parts.append(f"\n**{title}**\n")
-        parts.append("| provider | median ms | GFLOP/s | % of peak | fused is Nx faster | rounds |")
-        parts.append("|---|---:|---:|---:|---:|---:|")
+        parts.append("| provider | median ms | q1-q3 ms | GFLOP/s | % of peak | fused is Nx faster | range | rounds |")
+        parts.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         parts += ["| " + " | ".join(line) + " |" for line in lines]
     return "\n".join(parts) + "\n"
 
@@ -162,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     device = args.device or rows[0]["device"]
-    stem = f"{device}-{dt.date.today().isoformat()}"
+    stem = f"{device}-{run_date(args.json).isoformat()}"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.peak_gflops is not None and args.peak_gflops <= 0:
         print(f"error: --peak-gflops must be positive, got {args.peak_gflops}", file=sys.stderr)
