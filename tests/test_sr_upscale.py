@@ -107,6 +107,42 @@ def test_upscale_command_gray_rgba_large(tmp_path, weights_file):
     assert np.abs(t - u).max() <= 1 and (t != u).mean() < 1e-3
 
 
+def test_upscale_command_exif_orientation_and_16_bit_gray(tmp_path, weights_file):
+    """A JPEG whose EXIF orientation turns it sideways is upscaled as it is shown; a 16-bit gray PNG
+    comes back with 16 bits (the 8-bit result's values, to 16-bit rounding), an 8-bit one with 8."""
+    rng = np.random.default_rng()
+    model, wpath = weights_file
+    rgb = smooth(rng, 20, 32, 3)  # stored 32 wide, 20 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: shown turned 90 degrees clockwise, 20 wide and 32 high
+    Image.fromarray(rgb).save(tmp_path / "side.jpg", exif=exif, quality=95)
+    assert upscale_main([str(tmp_path / "side.jpg"), "-o", str(tmp_path / "side.png"), "--weights", str(wpath)]) == 0
+    out = Image.open(tmp_path / "side.png")
+    assert out.size == (20 * 2, 32 * 2) and not out.getexif().get(0x0112)
+
+    gray16 = smooth(rng, 18, 22, 1)[..., 0].astype(np.uint16) * 257 + rng.integers(0, 257, size=(18, 22)).astype(np.uint16)
+    Image.fromarray(gray16).save(tmp_path / "g16.png")
+    assert upscale_main([str(tmp_path / "g16.png"), "-o", str(tmp_path / "g16_x2.png"), "--weights", str(wpath)]) == 0
+    wide = Image.open(tmp_path / "g16_x2.png")
+    assert wide.mode.startswith("I") and wide.size == (44, 36)
+    with torch.no_grad():
+        y = model(torch.from_numpy(imresize(gray16 / 65535.0, 2)).float()[None, None])[0, 0].double().numpy()
+    got = np.asarray(wide).astype(float)
+    np.testing.assert_allclose(got, np.floor(np.clip(y, 0, 1) * 65535 + 0.5), atol=2 * 257 / 255)
+    assert (got % 257 != 0).any()  # not 8-bit values scaled up
+    # The same image written as JPEG (8 bits only) is 8-bit.
+    assert upscale_main([str(tmp_path / "g16.png"), "-o", str(tmp_path / "g16_x2.jpg"), "--weights", str(wpath)]) == 0
+    assert Image.open(tmp_path / "g16_x2.jpg").mode == "L"
+
+
+def test_write_image_rejects_bad_bit_depth(tmp_path):
+    from igc_kernels.sr.image_io import write_image
+
+    with pytest.raises(ValueError, match="bit_depth must be 8, 16 or 32"):
+        write_image(tmp_path / "x.png", np.zeros((4, 4)), bit_depth=12)
+    assert not list(tmp_path.iterdir())
+
+
 def test_upscale_command_errors(tmp_path, capsys, monkeypatch):
     from igc_kernels.sr import weights as W
 

@@ -5,6 +5,8 @@ Pillow modes are mapped to float arrays on the 0..255 scale:
 - 16-bit ('I;16*', 'I'): divided by 257 so 65535 -> 255 (values kept as floats, not truncated);
 - 32-bit float ('F'): taken as 0..255 if its maximum is above 1, else as 0..1.
 The result says whether the image is gray (scored on its raw values) and carries the alpha.
+A file's EXIF orientation is applied when it is read (a phone photo stored sideways comes out as
+it is shown), and 16-bit gray images are written back with 16 bits where the format holds them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -49,7 +51,9 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     try:
         with Image.open(path) as img:
             img.load()
-            return _convert(img)
+            # Pixels as the file is shown: the EXIF orientation applied (and the tag dropped), so
+            # the written result, which carries no EXIF, is not turned sideways.
+            return _convert(ImageOps.exif_transpose(img))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"cannot read image {path!r}: {e}") from e
 
@@ -102,11 +106,23 @@ def to_uint8(a: np.ndarray) -> np.ndarray:
     return np.floor(np.clip(a, 0, 255) + 0.5).astype(np.uint8)
 
 
-def write_image(path: str | os.PathLike, pixels: np.ndarray, alpha: np.ndarray | None = None) -> None:
-    """Write (H, W) gray or (H, W, 3) RGB on 0..255 (+ optional alpha) as 8 bits, atomically."""
+# Formats that Pillow writes 16-bit gray ('I;16') to.
+SIXTEEN_BIT_EXTENSIONS = (".png", ".tif", ".tiff")
+
+
+def write_image(path: str | os.PathLike, pixels: np.ndarray, alpha: np.ndarray | None = None,
+                bit_depth: int = 8) -> None:
+    """Write (H, W) gray or (H, W, 3) RGB on 0..255 (+ optional alpha), atomically: as 8 bits, or
+    with ``bit_depth=16`` a gray image without alpha as 16 bits (0..255 -> 0..65535) where the
+    format holds them (PNG, TIFF; 8 bits elsewhere)."""
     path = os.fspath(path)
+    if bit_depth not in (8, 16, 32):
+        raise ValueError(f"bit_depth must be 8, 16 or 32 (the read image's), got {bit_depth!r}")
     px = to_uint8(pixels)
-    if alpha is not None:
+    if bit_depth == 16 and pixels.ndim == 2 and alpha is None and path.lower().endswith(SIXTEEN_BIT_EXTENSIONS):
+        wide = np.floor(np.clip(pixels, 0, 255) * 257.0 + 0.5).astype(np.uint16)
+        img = Image.fromarray(wide)  # 2-D uint16: mode I;16
+    elif alpha is not None:
         if path.lower().endswith((".jpg", ".jpeg")):
             raise ValueError(f"{path!r}: JPEG cannot store the alpha channel; write .png instead")
         al = to_uint8(alpha)

@@ -178,5 +178,5 @@ def upscale_files(
                                       progress=bar.update if bar is not None else None)
         if bar is not None:
             bar.close()
-        write_image(dst, pixels, alpha)
+        write_image(dst, pixels, alpha, img.bit_depth)
     return errors
