@@ -107,8 +107,11 @@ def time_gpu_upscale(network: str, dtype=torch.float16, height: int = 1080, widt
     cost is that of the network on a 1920x1080 image; timed with CUDA events after warm-up.
     """
     run = make_network_provider(network, "inference", 1, height, width, device="cuda", dtype=dtype)
+    graphs = compiled_graphs()
     for _ in range(3):
         run()
+    if NETWORKS[network][2] and compiled_graphs() == graphs:
+        raise RuntimeError(f"{network} did not compile (dynamo fell back to eager)")
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
