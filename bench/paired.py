@@ -35,6 +35,18 @@ from network import NETWORK_MODES, NETWORKS, compiled_graphs, make_network_provi
 SIZES = {"inference": (1, 256, 256), "train-step": (16, 36, 36)}
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what the platform module says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def quartiles(values: list[float]) -> tuple[float, float, float]:
     """First quartile, median and third quartile (the 'inclusive' method of the statistics module)."""
     if not values:
@@ -98,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--rounds must be >= 1 and --warmup >= 0, got {args.rounds} and {args.warmup}")
     networks = list(dict.fromkeys([args.fused, *args.networks]))
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    parts = [f"Paired ratios: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+    parts = [f"Paired ratios: {cpu_name()}, torch {torch.__version__}, "
              f"fp32, {torch.get_num_threads()} threads, {args.rounds} rounds after {args.warmup} warm-up rounds, "
              f"networks interleaved in rotating order ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; "
              "`python bench/paired.py`).", ""]
