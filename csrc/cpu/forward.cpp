@@ -144,7 +144,9 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
                    bool direct, bool stream, bool join) {
   const IGCConvParams& p = g.p;
   const int64_t L = p.L, C = p.C_out, tiles = (p.H_out + 3) / 4;
-  at::parallel_for(0, p.N * tiles, grain_for(4 * p.W_out * C * (g.K1 + L)), [&](int64_t begin, int64_t end) {
+  // A jump to another band's tile costs the packing of two more input rows.
+  BandScheduler sched(p.N * tiles, grain_for(4 * p.W_out * C * (g.K1 + L)), 2);
+  at::parallel_for(0, sched.bands(), 1, [&](int64_t band0, int64_t band1) {
     RowCache<S> cache(g, kern, 0, /*wino_tiles=*/true);
     // Each group's channels of the tile's new rows are packed just before the group's transform
     // reads them (the first segment), so it reads them from L1 (1 thread at 1x96x256x256: 5%
@@ -159,12 +161,14 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
     LineVec<S> st(direct ? 0 : C * kSegF, S(0));
     std::vector<const S*> res(C);
     std::vector<S*> dst(C);
-    for (int64_t item = begin; item < end; ++item) {
+    auto run_tile = [&](int64_t item, bool) {
       const int64_t n = item / tiles, t = item % tiles;
       cache.template prepare<T>(xp, xs, n, t);
       wt.new_tile();
-      for (int64_t r = 0; r < 4; ++r)  // rows 4t + 6 .. 4t + 9 (before padding): the next tile's new rows
-        next[r].set(prefetch ? xp : nullptr, xs, p.C_in, p.H, p.W, n, item + 1 < end && t + 1 < tiles ? 4 * t + 6 + r - p.pH : -1, p.sW);
+      // Rows 4t + 6 .. 4t + 9 (before padding): the next tile's new rows (wasted if another thread
+      // takes that tile).
+      for (int64_t r = 0; r < 4; ++r)
+        next[r].set(prefetch ? xp : nullptr, xs, p.C_in, p.H, p.W, n, t + 1 < tiles ? 4 * t + 6 + r - p.pH : -1, p.sW);
       for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
         const int64_t len = std::min(kSegF, p.W_out - p0);
         wt.segment(
@@ -186,7 +190,8 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
             finish_segment(n, 4 * t + r, p0, len, wt.y1src.data() + r * C, nullptr, res, dst, st);
         }
       }
-    }
+    };
+    for (int64_t b = band0; b < band1; ++b) sched.work(b, run_tile);
     if (stream) kern.store_fence();
   });
 }
@@ -495,7 +500,10 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Tensor& x) {
   S* const op = out.data_ptr<S>();
   const int64_t L = p.L, C = p.C_out, tiles = (p.H_out + 3) / 4, slot = g0.slot, Wp = g0.Wp;
   const bool stream = os.c % kLanes == 0 && p.W_out % kLanes == 0 && out.nbytes() >= kStreamBytes;
-  at::parallel_for(0, p.N * tiles, grain_for(4 * p.W_out * C * (g0.K1 + L) * NL), [&](int64_t begin, int64_t end) {
+  // A band's first tile recomputes the earlier layers' tiles above it (NL - 1 - k of layer k):
+  // a band is split only where that stays small against the tiles it moves.
+  BandScheduler sched(p.N * tiles, grain_for(4 * p.W_out * C * (g0.K1 + L) * NL), 2 * NL);
+  at::parallel_for(0, sched.bands(), 1, [&](int64_t band0, int64_t band1) {
     RowCache<S> cache(g0, kern, 0, /*wino_tiles=*/true);
     cache.deferred = pack_in_parts(p, xs);
     WinoTile<S> wt(g0, kern, /*join=*/false);
@@ -559,17 +567,18 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Tensor& x) {
       }
     };
     int64_t cur = -1;
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / tiles, t = item % tiles;
-      if (n != cur) {  // a band's first tile in this image: each earlier layer starts a tile higher
-        cur = n;
-        for (int64_t k = 0; k < NL; ++k) {
-          started[k] = 0;
-          low[k] = std::max<int64_t>(0, t - (NL - 1 - k));
+    for (int64_t b = band0; b < band1; ++b)
+      sched.work(b, [&](int64_t item, bool jumped) {
+        const int64_t n = item / tiles, t = item % tiles;
+        if (jumped || n != cur) {  // a band's first tile in this image: each earlier layer starts a tile higher
+          cur = n;
+          for (int64_t k = 0; k < NL; ++k) {
+            started[k] = 0;
+            low[k] = std::max<int64_t>(0, t - (NL - 1 - k));
+          }
         }
-      }
-      ensure(ensure, NL - 1, n, t);
-    }
+        ensure(ensure, NL - 1, n, t);
+      });
     scratch.trim();
     if (stream) kern.store_fence();
   });
@@ -604,8 +613,20 @@ Tensor forward(const IGCConvParams& p, const Tensor& x, const Tensor& w1, const 
   IGC_CPU_DISPATCH(x.scalar_type(), "igc_conv", [&] { return forward_impl<T, S>(p, x, w1, b1, w2, b2, residual); })
 }
 
+std::atomic<int64_t> g_band_steals{0};
+std::atomic<int> g_band_skew{0};
+
 }  // namespace cpu
 }  // namespace igc
+
+// How many items the band schedulers' threads took from other threads' bands (BandScheduler), and
+// the tests' switch that gives all items to the first band (returns the old setting).
+extern "C" __attribute__((visibility("default"))) int64_t igc_kernels_cpu_band_steals(void) {
+  return igc::cpu::g_band_steals.load(std::memory_order_relaxed);
+}
+extern "C" __attribute__((visibility("default"))) int igc_kernels_cpu_set_band_skew(int on) {
+  return igc::cpu::g_band_skew.exchange(on ? 1 : 0);
+}
 
 // How many igc_conv_chain calls ran fused (the others ran layer by layer): the tests' check that
 // the cases they mean to fuse are fused.

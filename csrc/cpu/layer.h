@@ -37,8 +37,10 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <tuple>
 #include <type_traits>
@@ -507,6 +509,71 @@ inline bool short_row(int64_t W) { return W * int64_t(sizeof(T)) < kPrefetchRowB
 
 // Work items per parallel chunk: enough that tiny layers run on one thread.
 inline int64_t grain_for(int64_t cost_per_item) { return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, cost_per_item)); }
+
+// Work items [0, n) for the threads in contiguous bands whose ends move: each thread starts with
+// one band of about n / threads items and runs them in order; a thread that runs out takes the
+// back half of the largest band left, if at least min_steal items remain there. Why: the items of
+// a band share state (packed rows, rings) that a jump must rebuild, so they go in order, yet a
+// static split left the faster thread idle for whatever the other took longer. On the 2-core CI VM
+// one core at a time slows down for seconds: with static bands, one of the two threads spent about
+// a fifth of its time waiting in libgomp at the ends of the fused chains (perf, IGC-VDSR inference
+// at 256x256). Stolen bands made that inference 0.7-8% faster (medians of per-round ratios, 30-40
+// alternating rounds in one process; up to 9-13% at the third quartile, no change in quiet rounds)
+// and left the training step on 16x1x36x36 unchanged (0.995).
+// For the tests: items the schedulers' threads took from another thread's band, and a switch that
+// gives every item to the first band, so that the other threads start by taking from it.
+extern std::atomic<int64_t> g_band_steals;
+extern std::atomic<int> g_band_skew;
+
+class BandScheduler {
+ public:
+  // Bands for items [0, n): one per thread, but no more than at::parallel_for's chunks of grain.
+  BandScheduler(int64_t n, int64_t grain, int64_t min_steal) : min_steal_(std::max<int64_t>(2, min_steal)) {
+    const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+    const int64_t g = std::max<int64_t>(1, grain);
+    const int64_t bands = std::max<int64_t>(1, std::min(threads, (n + g - 1) / g));
+    const bool skew = g_band_skew.load(std::memory_order_relaxed) != 0;
+    for (int64_t b = 0; b < bands; ++b)
+      band_.push_back(skew ? Band{b == 0 ? 0 : n, n} : Band{n * b / bands, n * (b + 1) / bands});
+  }
+  int64_t bands() const { return int64_t(band_.size()); }
+
+  // Runs band b's items, then stolen ones, as run(item, jumped): jumped when the item does not
+  // follow the previous one this call ran. Call once per band, from at::parallel_for over bands().
+  template <typename Run>
+  void work(int64_t b, Run&& run) {
+    int64_t last = -2;
+    for (;;) {
+      const int64_t item = next(b);
+      if (item < 0) return;
+      run(item, item != last + 1);
+      last = item;
+    }
+  }
+
+ private:
+  int64_t next(int64_t b) {
+    std::lock_guard<std::mutex> lock(mu_);  // once per item: items here take 0.1 ms and more
+    Band& own = band_[b];
+    if (own.next < own.end) return own.next++;
+    Band* victim = nullptr;
+    for (Band& v : band_)
+      if (v.end - v.next >= min_steal_ && (!victim || v.end - v.next > victim->end - victim->next)) victim = &v;
+    if (!victim) return -1;
+    const int64_t mid = victim->next + (victim->end - victim->next + 1) / 2;  // the owner keeps the front half
+    own = {mid + 1, victim->end};
+    victim->end = mid;
+    g_band_steals.fetch_add(1, std::memory_order_relaxed);
+    return mid;
+  }
+
+  struct Band {
+    int64_t next, end;
+  };
+  std::mutex mu_;
+  std::vector<Band> band_;
+  const int64_t min_steal_;
+};
 
 // The direct primary conv of group l on one row segment [p0, p0 + len): its M y1 rows `dst`
 // (+ b1) from its K1 packed taps `src`.
