@@ -553,7 +553,9 @@ class BandScheduler {
 
  private:
   int64_t next(int64_t b) {
-    std::lock_guard<std::mutex> lock(mu_);  // once per item: items here take 0.1 ms and more
+    // Once per item, rarely contended: tens of nanoseconds against items of microseconds (a tile of
+    // a 36-pixel-wide patch) to milliseconds.
+    std::lock_guard<std::mutex> lock(mu_);
     Band& own = band_[b];
     if (own.next < own.end) return own.next++;
     Band* victim = nullptr;
