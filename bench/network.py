@@ -58,6 +58,15 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+def first_run(name: str, run: Callable[[], None]) -> bool:
+    """Runs network `name`'s provider `run` once (compiling it if it is a compiled one); False when
+    it is a compiled one and dynamo compiled nothing (it fell back to eager, so its times would be
+    eager ones under a compiled name)."""
+    graphs = compiled_graphs()
+    run()
+    return not NETWORKS[name][2] or compiled_graphs() > graphs
+
+
 def _allow_recompiles() -> None:
     import torch._dynamo.config as cfg
 
@@ -107,11 +116,10 @@ def time_gpu_upscale(network: str, dtype=torch.float16, height: int = 1080, widt
     cost is that of the network on a 1920x1080 image; timed with CUDA events after warm-up.
     """
     run = make_network_provider(network, "inference", 1, height, width, device="cuda", dtype=dtype)
-    graphs = compiled_graphs()
-    for _ in range(3):
-        run()
-    if NETWORKS[network][2] and compiled_graphs() == graphs:
+    if not first_run(network, run):
         raise RuntimeError(f"{network} did not compile (dynamo fell back to eager)")
+    for _ in range(2):
+        run()
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):

@@ -1,6 +1,7 @@
 """bench/paired.py: the interleaving, the per-round ratios under drift, and the command (small shapes)."""
 
 import pytest
+from network import first_run
 from paired import interleaved_times, main, paired_ratios, quartiles
 
 
@@ -62,3 +63,10 @@ def test_command_on_small_shapes(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--size", "12by12"])
     assert "--size must be HxW" in capsys.readouterr().err
+
+
+def test_first_run_flags_a_compiled_network_that_compiled_nothing():
+    calls = []
+    assert first_run("igc_vdsr-fused", lambda: calls.append(1))  # eager: nothing to compile
+    assert not first_run("igc_vdsr-fused-compile", lambda: calls.append(1))  # ran, yet no graph compiled
+    assert calls == [1, 1]

@@ -118,18 +118,17 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, alpha: np.ndarray |
     path = os.fspath(path)
     if bit_depth not in (8, 16, 32):
         raise ValueError(f"bit_depth must be 8, 16 or 32 (the read image's), got {bit_depth!r}")
-    px = to_uint8(pixels)
     if bit_depth == 16 and pixels.ndim == 2 and alpha is None and path.lower().endswith(SIXTEEN_BIT_EXTENSIONS):
         wide = np.floor(np.clip(pixels, 0, 255) * 257.0 + 0.5).astype(np.uint16)
         img = Image.fromarray(wide)  # 2-D uint16: mode I;16
     elif alpha is not None:
         if path.lower().endswith((".jpg", ".jpeg")):
             raise ValueError(f"{path!r}: JPEG cannot store the alpha channel; write .png instead")
-        al = to_uint8(alpha)
+        px, al = to_uint8(pixels), to_uint8(alpha)
         arr = np.dstack([px, al]) if px.ndim == 2 else np.dstack([px, al[..., None]])
         img = Image.fromarray(arr, "LA" if px.ndim == 2 else "RGBA")
     else:
-        img = Image.fromarray(px, "L" if px.ndim == 2 else "RGB")
+        img = Image.fromarray(to_uint8(pixels), "L" if pixels.ndim == 2 else "RGB")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     root, ext = os.path.splitext(path)
