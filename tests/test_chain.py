@@ -270,6 +270,36 @@ def test_chained_forward_compiles():
         torch.testing.assert_close(compiled(x), body(x), rtol=1e-5, atol=1e-5)
 
 
+def test_auto_chain_length():
+    """Chains of three while two layers' rings fit the budget, of two while one does, else one."""
+    from igc_kernels.nn import chain
+
+    assert chain.auto_chain_length(96, 256) == 3
+    assert chain.auto_chain_length(96, 512) == 3
+    assert chain.auto_chain_length(96, 1920) == 2
+    assert chain.auto_chain_length(96, 3840) == 1
+    assert chain.auto_chain_length(96, 1920, element_size=2) == 3
+    lengths = [chain.auto_chain_length(96, w) for w in range(1, 8000, 37)]
+    assert lengths == sorted(lengths, reverse=True)
+
+
+@pytest.mark.parametrize("budget_rings,runs", [(0, 0), (1, 3), (2, 2), (100, 2)])
+def test_chained_forward_takes_auto_chain_length(monkeypatch, budget_rings, runs):
+    """max_chain=None: seven layers in chains of the automatic length (1: no fused run; 2: three
+    runs and a lone layer; 3: two runs and a lone layer), the result unchanged."""
+    from igc_kernels.nn import chain
+
+    body = _body().eval()
+    x = torch.randn(1, 8, 12, 30)
+    ring = chain.RING_ROWS * 8 * (30 + 32) * 4
+    monkeypatch.setattr(chain, "RING_BUDGET_BYTES", budget_rings * ring)
+    with torch.no_grad():
+        before = _fused_runs()
+        ours = chained_forward(body, x)
+        assert _fused_runs() - before == runs
+        assert torch.equal(ours, body(x))
+
+
 def test_chained_forward_rejects_bad_max_chain():
-    with pytest.raises(ValueError, match="max_chain must be a positive int"):
+    with pytest.raises(ValueError, match="max_chain must be a positive int or None"):
         chained_forward(_body(), torch.randn(1, 8, 8, 8), max_chain=0)

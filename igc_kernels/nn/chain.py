@@ -10,12 +10,27 @@ from torch import nn
 from ..ops import igc_conv_chain
 from .igc_conv2d import IGCConv2d
 
-# Layers per fused chain. On the 2-core CI machine, 2 threads, IGC-VDSR inference at 256x256 took
-# 73.1-76.8 ms with chains of 2, 72.6-77.3 with chains of 3 and 79.8-83.4 layer by layer (four
-# processes, alternating); six body layers on 1x96x64x1920 took 52.1 ms in chains of 2 and 57.1 in
-# chains of 3 (56.4 layer by layer), and longer chains were slower still (the 18 body layers at
-# 256x256 in chains of 6: 73.5-81.6 ms, of 18: 95.0-96.6): their rings no longer fit in L2.
-DEFAULT_CHAIN = 2
+# How many layers a fused chain takes (max_chain=None). Each layer of a chain but the last keeps
+# its output in a ring of nine rows of all channels (csrc/cpu/forward.cpp, kChainRing), and a chain
+# pays only while its rings stay in the caches: chains of three where the rings of two layers fit
+# in 7 MiB, of two where one layer's does, else layer by layer. Measured with 2 threads, each
+# chain length alternating with the others in one process (medians of the per-round ratios):
+#   Zen 3 (512 KiB L2 per core, 32 MiB L3): IGC-VDSR inference at 256x256 0.94-0.98x the time of
+#   chains of two in chains of three (four runs), at 512x128 0.95x, on 1x1x64x1920 1.04x (chains
+#   of one: 1.00x); on 16x1x36x36 0.95x.
+#   Intel Xeon (2 MiB L2 per core; four processes alternating): at 256x256 72.6-77.3 ms in chains
+#   of three, 73.1-76.8 in chains of two, 79.8-83.4 layer by layer, and chains of six to eighteen
+#   slower still; six body layers on 1x96x64x1920 52.1 ms in chains of two, 57.1 in chains of
+#   three, 56.4 layer by layer.
+RING_ROWS = 9
+RING_BUDGET_BYTES = 7 << 20
+MAX_AUTO_CHAIN = 3
+
+
+def auto_chain_length(channels: int, width: int, element_size: int = 4) -> int:
+    """Layers per fused chain for activations of ``channels`` x ``width`` (see RING_BUDGET_BYTES)."""
+    ring = RING_ROWS * channels * (width + 32) * element_size  # a row's padding and margins: < 32
+    return max(1, min(MAX_AUTO_CHAIN, 1 + RING_BUDGET_BYTES // max(ring, 1)))
 
 
 def _chain_key(m: nn.Module):
@@ -29,11 +44,12 @@ def _chain_key(m: nn.Module):
     return (m.primary_groups, m.kernel_size, m.stride, m.padding, m.dilation, m.shuffle, m.activation, m.backend)
 
 
-def chained_forward(layers: Iterable[nn.Module], x: torch.Tensor, max_chain: int = DEFAULT_CHAIN) -> torch.Tensor:
+def chained_forward(layers: Iterable[nn.Module], x: torch.Tensor, max_chain: int | None = None) -> torch.Tensor:
     """``layers`` applied in order, as ``nn.Sequential`` would; runs of consecutive ``IGCConv2d``
     layers with the same hyperparameters (as many input as output channels, no hooks) go through
-    ``igc_kernels.ops.igc_conv_chain`` in chains of up to ``max_chain`` layers, which fuses them
-    where no gradient is needed and the fused CPU kernel runs them, with the same result.
+    ``igc_kernels.ops.igc_conv_chain`` in chains of up to ``max_chain`` layers (None: as many as
+    ``auto_chain_length`` gives for the activation's channels and width), which fuses them where
+    no gradient is needed and the fused CPU kernel runs them, with the same result.
 
     Example::
 
@@ -41,13 +57,16 @@ def chained_forward(layers: Iterable[nn.Module], x: torch.Tensor, max_chain: int
         with torch.no_grad():
             y = chained_forward(body, torch.randn(1, 96, 64, 64))
     """
-    if isinstance(max_chain, bool) or not isinstance(max_chain, int) or max_chain < 1:
-        raise ValueError(f"max_chain must be a positive int, got {max_chain!r}")
+    if max_chain is not None and (isinstance(max_chain, bool) or not isinstance(max_chain, int) or max_chain < 1):
+        raise ValueError(f"max_chain must be a positive int or None, got {max_chain!r}")
     run: list[IGCConv2d] = []
 
     def flush(h: torch.Tensor) -> torch.Tensor:
-        for i in range(0, len(run), max_chain):
-            part = run[i:i + max_chain]
+        step = max_chain
+        if step is None:
+            step = auto_chain_length(h.shape[-3], h.shape[-1], h.element_size()) if h.dim() >= 3 else 1
+        for i in range(0, len(run), step):
+            part = run[i:i + step]
             if len(part) == 1:
                 h = part[0](h)
                 continue
