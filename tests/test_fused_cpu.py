@@ -41,7 +41,20 @@ def _lib():
     lib.igc_kernels_cpu_set_winograd.argtypes = [ctypes.c_int]
     lib.igc_kernels_cpu_plane_backward.restype = ctypes.c_int
     lib.igc_kernels_cpu_set_plane_backward.argtypes = [ctypes.c_int]
+    lib.igc_kernels_cpu_stream_bytes.restype = ctypes.c_int64
+    lib.igc_kernels_cpu_set_stream_bytes.argtypes = [ctypes.c_int64]
     return lib
+
+
+@contextlib.contextmanager
+def _stream_from(nbytes: int):
+    """Outputs of at least nbytes streamed inside the block; the CPU's default after it."""
+    lib = _lib()
+    lib.igc_kernels_cpu_set_stream_bytes(nbytes)
+    try:
+        yield
+    finally:
+        lib.igc_kernels_cpu_set_stream_bytes(-1)
 
 
 def _current_isa() -> str:
@@ -479,7 +492,77 @@ STREAM_CASES = [
 @pytest.mark.parametrize("case", STREAM_CASES, ids=[f"stream{i}" for i in range(len(STREAM_CASES))])
 def test_streamed_from_4_mib(case, isa):
     assert case.N * case.c_out * case.out_hw[0] * case.out_hw[1] * 4 >= 4 << 20
-    _check_case(case, seed=13)
+    with _stream_from(4 << 20):  # the Intel default; on AMD cores outputs that fit the L3 stay cached
+        _check_case(case, seed=13)
+
+
+def _cpu_vendor() -> str:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("vendor_id"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _sysfs_l3_bytes() -> int:
+    import glob
+
+    for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        if open(f"{d}/level").read().strip() == "3":
+            size = open(f"{d}/size").read().strip()
+            return int(size[:-1]) << {"K": 10, "M": 20}[size[-1]] if size[-1] in "KM" else int(size)
+    return 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the CPU vendor from /proc/cpuinfo")
+def test_stream_bytes_default():
+    """Outputs stream from 4 MiB, or on AMD cores from the size of the L3 that sysfs shows."""
+    lib = _lib()
+    lib.igc_kernels_cpu_set_stream_bytes(-1)
+    l3 = _sysfs_l3_bytes()
+    want = l3 if _cpu_vendor() == "AuthenticAMD" and l3 > 4 << 20 else 4 << 20
+    assert lib.igc_kernels_cpu_stream_bytes() == want
+
+
+@pytest.mark.parametrize("value,expected", [("12345", 12345), ("0", 0), ("abc", None), ("-5", None), ("12k", None)])
+def test_stream_bytes_environment(value, expected):
+    """IGC_KERNELS_CPU_STREAM_BYTES sets the threshold; anything but a byte count is an error
+    that names the variable when a kernel runs."""
+    code = (
+        "import ctypes, torch, igc_kernels._C as C\n"
+        "lib = ctypes.CDLL(C.__file__); lib.igc_kernels_cpu_stream_bytes.restype = ctypes.c_int64\n"
+        "print(lib.igc_kernels_cpu_stream_bytes())\n"
+        "x = torch.randn(1, 8, 6, 6); w1 = torch.randn(8, 2, 3, 3); w2 = torch.randn(8, 4, 1, 1)\n"
+        "torch.ops.igc_kernels.igc_conv(x, w1, None, w2, None, None, 4, [1, 1], [1, 1], [1, 1], True, 1)\n"
+    )
+    env = dict(os.environ, IGC_KERNELS_CPU_STREAM_BYTES=value)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    if expected is None:
+        assert done.returncode != 0
+        assert f"IGC_KERNELS_CPU_STREAM_BYTES={value} is not a byte count" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert int(done.stdout.split()[0]) == expected
+
+
+def test_streamed_equals_cached(isa):
+    """Streaming changes where the stores go, not what they store: the forward (a layer, and a
+    chain of layers), and the plane backward's grad_x, bitwise the same streamed and cached."""
+    from igc_kernels.ops import igc_conv_chain
+
+    case = IGCCase(N=3, L=24, M_in=4, M=4, H=20, W=32, residual=True)
+    x, w1, b1, w2, b2, res, L, stride, pad, dil, sh, act = case.make(seed=41)
+    layers = [(a[1], a[3], a[2], a[4]) for a in (case.make(seed=42 + k) for k in range(3))]  # (w1, w2, b1, b2)
+    grad = torch.randn(case.N, case.c_out, *case.out_hw, generator=torch.Generator().manual_seed(44))
+    results = []
+    for nbytes in (0, 1 << 40):  # everything eligible streamed; nothing streamed
+        with _stream_from(nbytes), torch.no_grad():
+            out = torch.ops.igc_kernels.igc_conv(x, w1, b1, w2, b2, res, L, stride, pad, dil, sh, act)
+            gx = torch.ops.igc_kernels.igc_conv_backward(grad, x, w1, b1, w2, out, L, stride, pad, dil, sh, act,
+                                                          [True, False, False, False, False])[0]
+            chain = igc_conv_chain(x, layers, groups=L, padding=pad, activation="relu", backend="cpu")
+        results.append((out, gx, chain))
+    for name, a, b in zip(("forward", "grad_x", "chain"), *results):
+        assert torch.equal(a, b), name
 
 
 def test_output_mask_and_batch_zero():

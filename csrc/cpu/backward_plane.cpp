@@ -136,10 +136,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> plane_impl(const IGCConvParam
   Tensor gx = mask[0] ? empty_output(x.sizes(), x.options(), at::MemoryFormat::Contiguous) : empty;
   S* gxp = mask[0] ? gx.data_ptr<S>() : nullptr;
   const bool emit_gx = mask[0] && gx.numel() > 0;
-  // grad_x bigger than the caches goes out with non-temporal stores (see kStreamBytes), each
+  // grad_x bigger than the caches goes out with non-temporal stores (see stream_bytes_checked), each
   // channel's rows of a band as one run, gathered from the tile first so that the run's lines are
   // written whole.
-  const bool stream_gx = emit_gx && gx.nbytes() >= kStreamBytes;
+  const bool stream_gx = gx.nbytes() >= stream_bytes_checked() && emit_gx;
 
   const int64_t Q = W + pw;  // plane pitch: pw shared zero columns after each row
   const int64_t row_bytes = (Cin + 3 * C) * Q * int64_t(sizeof(S));

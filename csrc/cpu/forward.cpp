@@ -310,7 +310,7 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
   // the lines they share with their neighbours (not measured to be worth it).
   const bool whole_lines =
       os.c % kLanes == 0 && (p.W_out % kLanes == 0 || (join && p.W_out % 4 == 0 && p.H_out % 4 == 0));
-  const bool stream = direct && whole_lines && out.nbytes() >= kStreamBytes;
+  const bool stream = out.nbytes() >= stream_bytes_checked() && direct && whole_lines;
   const int64_t rows = p.N * p.H_out;
 
   // The secondary and the output of row (n, oy), pixels [p0, p0 + len), from the y1 tile rows
@@ -502,7 +502,7 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Tensor& x) {
   const Str xs = strides_of(x), os = strides_of(out);
   S* const op = out.data_ptr<S>();
   const int64_t L = p.L, C = p.C_out, tiles = (p.H_out + 3) / 4, slot = g0.slot, Wp = g0.Wp;
-  const bool stream = os.c % kLanes == 0 && p.W_out % kLanes == 0 && out.nbytes() >= kStreamBytes;
+  const bool stream = out.nbytes() >= stream_bytes_checked() && os.c % kLanes == 0 && p.W_out % kLanes == 0;
   // A band's first tile recomputes the earlier layers' tiles above it (NL - 1 - k of layer k):
   // a band is split only where that stays small against the tiles it moves.
   BandScheduler sched(p.N * tiles, grain_for(4 * p.W_out * C * (g0.K1 + L) * NL), 2 * NL);

@@ -132,6 +132,13 @@ bool set_isa(const char* name);
 // (default yes; the environment variable IGC_KERNELS_CPU_WINOGRAD=0 turns it off at first use).
 bool winograd_enabled();
 void set_winograd(bool on);
+// Outputs of at least this many bytes are written with non-temporal stores (RowsArgs::stream):
+// kStreamBytesBase, or the L3's size on AMD cores (kernels.cpp, default_stream_bytes), or the
+// environment variable IGC_KERNELS_CPU_STREAM_BYTES (read at first use); -1 when that variable is
+// not a byte count. set_stream_bytes: a byte count, or a negative number for the CPU's default.
+constexpr int64_t kStreamBytesBase = int64_t(4) << 20;
+int64_t stream_bytes();
+void set_stream_bytes(int64_t bytes);
 // Whether the backward of small images (backward_plane.cpp) processes bands of rows as flat planes
 // (default yes; IGC_KERNELS_CPU_PLANE_BACKWARD=0 turns it off at first use): the tests run both.
 bool plane_backward_enabled();

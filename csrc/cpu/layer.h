@@ -14,7 +14,7 @@
 //
 // One primary group (L = 1, a dense conv) folds the per-channel secondary into the primary and
 // runs as one GEMM (with few output channels, one per input row: forward.cpp). Big outputs are
-// written with non-temporal stores (kStreamBytes).
+// written with non-temporal stores (stream_bytes_checked).
 //
 // Winograd (forward, float, kH = 3 with vertical stride and dilation 1, L > 1): a work item is four
 // output rows. Their six input rows are packed as usual, transformed segment by segment into six
@@ -75,11 +75,16 @@ constexpr int64_t kPackAheadBytes = 256;  // ... for rows of at most this many b
 constexpr int64_t kFlushPixels = 4096;  // fold float lane accumulators into double this often
 // Outputs at least this big are written with non-temporal stores: they cannot stay in the caches
 // until the next layer reads them, and streaming them saves reading every destination line before
-// it is overwritten. 4 MiB is the L2 of both cores of the CI machine, whose L3 kept little of one
-// layer's output for the next: a training step's layer outputs (16x96x36x36, 8 MB, saved for the
-// backward too) streamed made the body layers' forward 2.7 -> 1.9 ms there, and its grad_x
-// streamed the backward 5.7 -> 5.3 ms. The forward's output and the plane backward's grad_x.
-constexpr int64_t kStreamBytes = int64_t(4) << 20;
+// it is overwritten. kStreamBytesBase (4 MiB) is the L2 of both cores of the Intel CI machine,
+// whose L3 kept little of one layer's output for the next; on AMD cores it is the L3's size
+// (kernels.cpp, default_stream_bytes, with the measurements). The forward's output and the plane
+// backward's grad_x.
+inline int64_t stream_bytes_checked() {
+  const int64_t b = stream_bytes();
+  TORCH_CHECK(b >= 0, "igc_conv (CPU): environment variable IGC_KERNELS_CPU_STREAM_BYTES=",
+              std::getenv("IGC_KERNELS_CPU_STREAM_BYTES"), " is not a byte count; expected an integer >= 0");
+  return b;
+}
 // grad_x of the row-by-row backward (images over 48 pixels wide): from 16 MiB, as measured at
 // 1x96x256x256; sizes in between were not measured again.
 constexpr int64_t kStreamRowGradXBytes = int64_t(16) << 20;
