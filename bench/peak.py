@@ -1,8 +1,8 @@
 """The machine's fp32 FMA peak, the denominator of the benchmarks' "% of peak", measured where the
 benchmarks run: bench/tools/fma_peak.c compiled with the C compiler (-march=native) and run on the
-benchmark's thread count. The CI machine has changed under this project once already (a Zen 4 at
-230 GFLOP/s on 2 cores, then an Intel Xeon with two 512-bit FMA units per core at 416), so a
-constant would go stale.
+benchmark's thread count. The CI machine has changed under this project twice already (a Zen 4 at
+230 GFLOP/s on 2 cores, then an Intel Xeon with two 512-bit FMA units per core at 416, then a
+Zen 3 with AVX2 only at 198), so a constant would go stale.
 
 benchmark_peak() is what the benchmark scripts call: the measured peak, or DEFAULT_PEAK_GFLOPS where
 no C compiler is found or the program fails, with a note saying which.
@@ -18,10 +18,10 @@ from pathlib import Path
 
 SOURCE = Path(__file__).parent / "tools" / "fma_peak.c"
 
-# The fallback where the peak cannot be measured: the current 2-core CI machine (Intel Xeon, two
-# 512-bit FMA units per core), where `bench/tools/fma_peak.c 2` measured 416 GFLOP/s (213 on one
-# core). Its predecessor, a 2-core Zen 4, measured 230.
-DEFAULT_PEAK_GFLOPS = 416.0
+# The fallback where the peak cannot be measured: the current 2-core CI machine (AMD EPYC Zen 3,
+# AVX2: two 256-bit FMA units per core), where `bench/tools/fma_peak.c 2` measured 198 GFLOP/s (100
+# on one core). Its predecessors: an Intel Xeon with AVX-512 (416), a Zen 4 (230).
+DEFAULT_PEAK_GFLOPS = 198.0
 
 
 def measure_peak_gflops(threads: int) -> float | None:
