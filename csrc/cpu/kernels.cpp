@@ -27,12 +27,6 @@
 #endif
 
 #define IGC_AI inline __attribute__((always_inline))
-#ifndef XMBMAX
-#define XMBMAX 3
-#define XACC 12
-#define XWMB 2
-#define XWPARK 4
-#endif
 
 // Target regions: GCC's push_options/target pragmas; clang spells the same as an attribute push
 // (the clang branch is not exercised by this project's CI, which builds with GCC).
@@ -429,7 +423,6 @@ bool set_isa(const char* name) {
   __atomic_store_n(&g_init, true, __ATOMIC_RELEASE);
   return true;
 }
-
 
 bool winograd_enabled() { return env_switch(&g_winograd, "IGC_KERNELS_CPU_WINOGRAD"); }
 void set_winograd(bool on) { __atomic_store_n(&g_winograd, on ? 1 : 0, __ATOMIC_RELEASE); }

@@ -15,9 +15,9 @@ from .igc_conv2d import IGCConv2d
 # pays only while its rings stay in the caches: chains of three where the rings of two layers fit
 # in 7 MiB, of two where one layer's does, else layer by layer. Measured with 2 threads, each
 # chain length alternating with the others in one process (medians of the per-round ratios):
-#   Zen 3 (512 KiB L2 per core, 32 MiB L3): IGC-VDSR inference at 256x256 0.94-0.98x the time of
-#   chains of two in chains of three (four runs), at 512x128 0.95x, on 1x1x64x1920 1.04x (chains
-#   of one: 1.00x); on 16x1x36x36 0.95x.
+#   Zen 3 (512 KiB L2 per core, 32 MiB L3): IGC-VDSR inference at 256x256 took 0.94-0.98x the
+#   time of chains of two in chains of three (three runs; chains of six 1.08x, of one 1.21x), at
+#   128x512 0.95x, at 64x1920 1.04x (chains of one: 1.00x); on 16x1x36x36 0.95x.
 #   Intel Xeon (2 MiB L2 per core; four processes alternating): at 256x256 72.6-77.3 ms in chains
 #   of three, 73.1-76.8 in chains of two, 79.8-83.4 layer by layer, and chains of six to eighteen
 #   slower still; six body layers on 1x96x64x1920 52.1 ms in chains of two, 57.1 in chains of
