@@ -4,7 +4,6 @@ first band (a test switch in the library), so the other threads start by taking 
 results must be bitwise those of the unforced runs, which no stealing can change."""
 
 import contextlib
-import ctypes
 
 import pytest
 import torch
@@ -13,19 +12,9 @@ from igc_kernels.ops import _ext, igc_conv, igc_conv_reference
 from igc_kernels.testing import assert_close_to_reference
 
 from test_chain import _chain_op, _fused, _layers, _one_by_one, _reference
-from test_fused_cpu import _num_threads
+from test_fused_cpu import _lib, _num_threads
 
 pytestmark = pytest.mark.skipif(not _ext.has_kernel("CPU"), reason=f"fused CPU kernel not built: {_ext.EXT_ERROR}")
-
-
-def _lib():
-    from igc_kernels import _C
-
-    lib = ctypes.CDLL(_C.__file__)
-    lib.igc_kernels_cpu_band_steals.restype = ctypes.c_int64
-    lib.igc_kernels_cpu_set_band_skew.restype = ctypes.c_int
-    lib.igc_kernels_cpu_set_band_skew.argtypes = [ctypes.c_int]
-    return lib
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@ the layers applied one after another, against the float64 reference and, bitwise
 fused op run layer by layer (the chain runs the same kernels on the same packed rows)."""
 
 import contextlib
-import ctypes
 
 import pytest
 import torch
@@ -12,17 +11,13 @@ from torch import nn
 from igc_kernels.nn import IGCConv2d, chained_forward
 from igc_kernels.ops import _ext, igc_conv, igc_conv_chain, igc_conv_reference
 from igc_kernels.testing import assert_close_to_reference
-from test_fused_cpu import _num_threads, isa, winograd  # noqa: F401  (fixtures)
+from test_fused_cpu import _lib, _num_threads, isa, winograd  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(not _ext.has_kernel("CPU"), reason=f"fused CPU kernel not built: {_ext.EXT_ERROR}")
 
 
 def _fused_runs() -> int:
-    from igc_kernels import _C
-
-    lib = ctypes.CDLL(_C.__file__)
-    lib.igc_kernels_cpu_chain_runs.restype = ctypes.c_int64
-    return lib.igc_kernels_cpu_chain_runs()
+    return _lib().igc_kernels_cpu_chain_runs()
 
 
 @contextlib.contextmanager

@@ -31,6 +31,8 @@ ISAS = ("generic", "avx2", "avx512")
 
 
 def _lib():
+    """The fused CPU library's C functions for the tests (every one's signature declared here, for
+    this file, test_chain.py and test_band_scheduler.py)."""
     from igc_kernels import _C
 
     lib = ctypes.CDLL(_C.__file__)
@@ -43,6 +45,10 @@ def _lib():
     lib.igc_kernels_cpu_set_plane_backward.argtypes = [ctypes.c_int]
     lib.igc_kernels_cpu_stream_bytes.restype = ctypes.c_int64
     lib.igc_kernels_cpu_set_stream_bytes.argtypes = [ctypes.c_int64]
+    lib.igc_kernels_cpu_chain_runs.restype = ctypes.c_int64
+    lib.igc_kernels_cpu_band_steals.restype = ctypes.c_int64
+    lib.igc_kernels_cpu_set_band_skew.restype = ctypes.c_int
+    lib.igc_kernels_cpu_set_band_skew.argtypes = [ctypes.c_int]
     return lib
 
 
