@@ -502,19 +502,21 @@ def test_streamed_from_4_mib(case, isa):
         _check_case(case, seed=13)
 
 
-def _cpu_vendor() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("vendor_id"):
-            return line.split(":", 1)[1].strip()
+def _cpuinfo_field(name: str) -> str:
+    """The first value of field `name` in /proc/cpuinfo (Linux), "" when it has none."""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.split(":", 1)[0].strip() == name:
+                return line.split(":", 1)[1].strip()
     return ""
 
 
 def _sysfs_l3_bytes() -> int:
-    import glob
+    from pathlib import Path
 
-    for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
-        if open(f"{d}/level").read().strip() == "3":
-            size = open(f"{d}/size").read().strip()
+    for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        if (d / "level").read_text().strip() == "3":
+            size = (d / "size").read_text().strip()
             return int(size[:-1]) << {"K": 10, "M": 20}[size[-1]] if size[-1] in "KM" else int(size)
     return 0
 
@@ -525,7 +527,7 @@ def test_stream_bytes_default():
     lib = _lib()
     lib.igc_kernels_cpu_set_stream_bytes(-1)
     l3 = _sysfs_l3_bytes()
-    want = l3 if _cpu_vendor() == "AuthenticAMD" and l3 > 4 << 20 else 4 << 20
+    want = l3 if _cpuinfo_field("vendor_id") == "AuthenticAMD" and l3 > 4 << 20 else 4 << 20
     assert lib.igc_kernels_cpu_stream_bytes() == want
 
 
@@ -709,8 +711,7 @@ def test_isa_report_and_switch():
     assert lib.igc_kernels_cpu_set_isa(b"no-such-isa") == 0
     if sys.platform.startswith("linux") and os.uname().machine == "x86_64":
         # The best path this CPU supports must be available (flags as the kernel lists them).
-        with open("/proc/cpuinfo") as f:
-            flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+        flags = set(_cpuinfo_field("flags").split())
         if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
             assert "avx512" in supported
         if {"avx2", "fma"} <= flags:
