@@ -1,6 +1,7 @@
 // The forward of the fused CPU op (igc_kernels::igc_conv): see layer.h for the scheme.
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <vector>
 
 #include "layer.h"
@@ -218,34 +219,49 @@ inline bool few_outputs_apply(const IGCConvParams& p, bool direct) {
   return direct && p.L == 1 && p.sH == 1 && p.dH == 1 && p.kH >= 2 && p.M * p.kH <= kFewOutputRows;
 }
 
-template <typename T, typename S>
-void few_outputs_by_input_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const Str& xs, T* op,
-                               const Str& os, const T* rp, const Str& rs, bool relu, bool stream) {
-  const IGCConvParams& p = g.p;
-  const int64_t M = p.M, kH = p.kH, kW = p.kW, MB = M * kH, K = p.C_in * kW;
-  std::vector<S> w(K * MB), ones(kH, S(1));  // rows-GEMM layout: w[k * ldw + i]
-  for (int64_t c = 0; c < p.C_in; ++c)
-    for (int64_t kh = 0; kh < kH; ++kh)
-      for (int64_t kw = 0; kw < kW; ++kw)
-        for (int64_t m = 0; m < M; ++m) w[(c * kW + kw) * MB + kh * M + m] = g.w1f[((c * kH + kh) * kW + kw) * M + m];
-  const int64_t Wq = round_up(p.W_out, kLanes) + kLanes;  // a part row, readable a vector past W_out
-  at::parallel_for(0, p.N * p.H_out, grain_for(p.W_out * K * MB), [&](int64_t begin, int64_t end) {
-    LineVec<S> packed(g.slot, S(0)), parts((kH + 1) * MB * Wq, S(0));  // kH input rows' parts + a zero row's
-    std::vector<const S*> taps(K), sums(kH);
-    std::vector<S*> part_rows(MB);
-    S* dst = nullptr;
-    const S* res = nullptr;
+// One thread's parts of few_outputs_by_input_rows: slots input rows' parts (and a zero row's),
+// the GEMM that makes an input row's parts and the one that sums an output row. The chain's tail
+// (chain_forward) uses it too, so both sum the same products in the same order.
+template <typename S>
+struct FewOutputRows {
+  const Layer<S>& g;
+  const Kernels<S>& kern;
+  const int64_t M, kH, MB, K, Wq, slots;
+  std::vector<S> w, ones;  // rows-GEMM layout: w[k * ldw + i]
+  LineVec<S> parts;        // slot s's MB part rows at s * MB * Wq; then the zero row's
+  std::vector<S*> part_rows;
+  std::vector<const S*> sums;
+  S* dst = nullptr;
+  const S* res = nullptr;
+  RowsArgs<S> a;  // input row -> its parts
+  RowsArgs<S> b;  // parts -> one channel of an output row
+
+  FewOutputRows(const Layer<S>& layer, const Kernels<S>& k, int64_t slots_, bool has_res, bool relu, bool stream)
+      : g(layer),
+        kern(k),
+        M(layer.p.M),
+        kH(layer.p.kH),
+        MB(M * kH),
+        K(layer.p.C_in * layer.p.kW),
+        Wq(round_up(layer.p.W_out, kLanes) + kLanes),  // a part row, readable a vector past W_out
+        slots(slots_),
+        w(K * MB),
+        ones(kH, S(1)),
+        parts((slots + 1) * MB * Wq, S(0)),
+        part_rows(MB),
+        sums(kH) {
+    const IGCConvParams& p = g.p;
     for (int64_t c = 0; c < p.C_in; ++c)
-      for (int64_t kw = 0; kw < kW; ++kw) taps[c * kW + kw] = packed.data() + g.tap_off[c * kH * kW + kw];
-    RowsArgs<S> a;  // input row -> its parts
+      for (int64_t kh = 0; kh < kH; ++kh)
+        for (int64_t kw = 0; kw < p.kW; ++kw)
+          for (int64_t m = 0; m < M; ++m)
+            w[(c * p.kW + kw) * MB + kh * M + m] = g.w1f[((c * kH + kh) * p.kW + kw) * M + m];
     a.MB = MB;
     a.K = K;
     a.P = p.W_out;
     a.w = w.data();
     a.ldw = MB;
-    a.src = taps.data();
     a.dst = part_rows.data();
-    RowsArgs<S> b;  // parts -> one channel of an output row
     b.MB = 1;
     b.K = kH;
     b.P = p.W_out;
@@ -253,32 +269,56 @@ void few_outputs_by_input_rows(const Layer<S>& g, const Kernels<S>& kern, const 
     b.ldw = 1;
     b.src = sums.data();
     b.dst = &dst;
-    b.res = rp ? &res : nullptr;
+    b.res = has_res ? &res : nullptr;
     b.relu = relu;
     b.stream = stream;
-    S* const zero_parts = parts.data() + kH * MB * Wq;  // 0 * w: not 0 where a weight is Inf or NaN
-    auto parts_of = [&](int64_t iy) { return iy < 0 || iy >= p.H ? zero_parts : parts.data() + iy % kH * MB * Wq; };
-    auto run_parts = [&](S* set) {
-      for (int64_t i = 0; i < MB; ++i) part_rows[i] = set + i * Wq;
-      kern.rows(a);
-    };
-    run_parts(zero_parts);  // `packed` holds zeros until the first row is packed
+  }
+  S* set(int64_t s) { return parts.data() + s * MB * Wq; }
+  S* zero_parts() { return set(slots); }  // 0 * w: not 0 where a weight is Inf or NaN
+  // The parts of the input row whose taps (c, kw) are taps[c * kW + kw], into `into`.
+  void input_row(const S* const* taps, S* into) {
+    for (int64_t i = 0; i < MB; ++i) part_rows[i] = into + i * Wq;
+    a.src = taps;
+    kern.rows(a);
+  }
+  // Output channel oc of the output row whose kH input rows' parts are rows[0 .. kH): into out
+  // (+ the residual row r when the residual is on).
+  void output_channel(S* const* rows, int64_t oc, S* out, const S* r) {
+    const int64_t m = g.c2_of_oc[oc];
+    for (int64_t kh = 0; kh < kH; ++kh) sums[kh] = rows[kh] + (kh * M + m) * Wq;
+    dst = out;
+    res = r;
+    b.bias = g.bf.data() + m;
+    kern.rows(b);
+  }
+};
+
+template <typename T, typename S>
+void few_outputs_by_input_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const Str& xs, T* op,
+                               const Str& os, const T* rp, const Str& rs, bool relu, bool stream) {
+  const IGCConvParams& p = g.p;
+  const int64_t M = p.M, kH = p.kH, kW = p.kW, K = p.C_in * kW;
+  at::parallel_for(0, p.N * p.H_out, grain_for(p.W_out * K * M * kH), [&](int64_t begin, int64_t end) {
+    FewOutputRows<S> f(g, kern, kH, rp != nullptr, relu, stream);
+    LineVec<S> packed(g.slot, S(0));
+    std::vector<const S*> taps(K);
+    std::vector<S*> rows(kH);
+    for (int64_t c = 0; c < p.C_in; ++c)
+      for (int64_t kw = 0; kw < kW; ++kw) taps[c * kW + kw] = packed.data() + g.tap_off[c * kH * kW + kw];
+    auto parts_of = [&](int64_t iy) { return iy < 0 || iy >= p.H ? f.zero_parts() : f.set(iy % kH); };
+    f.input_row(taps.data(), f.zero_parts());  // `packed` holds zeros until the first row is packed
     for (int64_t row = begin; row < end;) {
       const int64_t n = row / p.H_out, oy0 = row % p.H_out, oy1 = std::min(p.H_out, oy0 + (end - row));
       int64_t next = std::max<int64_t>(0, oy0 - p.pH);  // the next input row to run
       for (int64_t oy = oy0; oy < oy1; ++oy) {
         for (; next < std::min(p.H, oy - p.pH + kH); ++next) {
           pack_row<T, S>(g, kern, xp, xs, n, next, packed.data());
-          run_parts(parts_of(next));
+          f.input_row(taps.data(), parts_of(next));
         }
-        for (int64_t oc = 0; oc < M; ++oc) {
-          const int64_t m = g.c2_of_oc[oc];
-          for (int64_t kh = 0; kh < kH; ++kh) sums[kh] = parts_of(oy - p.pH + kh) + (kh * M + m) * Wq;
-          dst = reinterpret_cast<S*>(op + n * os.n + oc * os.c + oy * os.h);
-          if (rp) res = reinterpret_cast<const S*>(rp + n * rs.n + oc * rs.c + oy * rs.h);
-          b.bias = g.bf.data() + m;
-          kern.rows(b);
-        }
+        for (int64_t kh = 0; kh < kH; ++kh) rows[kh] = parts_of(oy - p.pH + kh);
+        for (int64_t oc = 0; oc < M; ++oc)
+          f.output_channel(rows.data(), oc, reinterpret_cast<S*>(op + n * os.n + oc * os.c + oy * os.h),
+                           rp ? reinterpret_cast<const S*>(rp + n * rs.n + oc * rs.c + oy * rs.h) : nullptr);
       }
       row += oy1 - oy0;
     }
@@ -454,7 +494,7 @@ std::atomic<int64_t> g_chain_runs{0};  // fused chain calls, for the tests (igc_
 
 template <typename S>
 bool chain_applies(const std::vector<Layer<S>>& gs, const Tensor& x) {
-  if (gs.size() < 2 || !std::is_same<S, float>::value || x.scalar_type() != at::kFloat) return false;
+  if (gs.empty() || !std::is_same<S, float>::value || x.scalar_type() != at::kFloat) return false;
   const IGCConvParams& p = gs[0].p;
   for (const Layer<S>& g : gs) {
     const IGCConvParams& q = g.p;
@@ -464,6 +504,21 @@ bool chain_applies(const std::vector<Layer<S>>& gs, const Tensor& x) {
       return false;
   }
   return true;
+}
+
+// Whether a dense conv (L = 1) can run as the head of the chain gs (its output their input) or as
+// its tail (their output its input): 3x3, stride, padding and dilation 1, and for the head a conv
+// the row-by-row forward runs as one GEMM per row, for the tail one it runs by input rows
+// (few_outputs_by_input_rows), so that the chain computes what the layer computes alone.
+template <typename S>
+bool dense_end_applies(const Layer<S>& e, const std::vector<Layer<S>>& gs, bool head) {
+  const IGCConvParams& q = e.p;
+  const IGCConvParams& p = gs[0].p;
+  if (q.L != 1 || q.kH != 3 || q.kW != 3 || q.sH != 1 || q.sW != 1 || q.pH != 1 || q.pW != 1 || q.dH != 1 ||
+      q.dW != 1 || q.H != p.H || q.W != p.W || q.N != p.N)
+    return false;
+  if (head) return q.C_out == p.C_in && !q.has_residual && !few_outputs_apply(q, true);
+  return q.C_in == p.C_out && few_outputs_apply(q, true);
 }
 
 // One thread's rings and zero row, kept between calls of one geometry (whose ring rows then hold
@@ -499,97 +554,180 @@ ChainScratch<S>& chain_scratch() {
   return scratch;
 }
 
+// A dense head runs row by row, each row just before the first layer's tile that reads it first:
+// rows 4t - 1 .. 4t + 4 for tile t, so six rows (slot iy % kHeadRows) hold all a tile reads.
+constexpr int64_t kHeadRows = 6;
+
+// The chain with its optional dense ends. The stages are the IGC layers gs, then the tail (if
+// any): stage s < NL - 1 writes its output rows into ring s, the last IGC layer writes `out`, or
+// with a tail four rows (a tile's) that it turns into the tail's parts at once, and the tail
+// writes `out`. A head writes its rows into a ring of kHeadRows that the first layer reads instead
+// of x. Both ends keep the rows they read in the caches where alone they would read a whole
+// activation from memory (and the head write one): IGC-VDSR inference ran 0.959x the time of the
+// chains with head and tail on their own at 256x256 (quartiles 0.925-0.996), 0.949x at 512x512,
+// 0.992x at 36x36 (Zen 3, 2 threads, alternating in one process). Head and tail as stages of their own,
+// each a tile ahead into a ring of nine rows like a layer's, measured 0.974x: their rings cost more.
 template <typename S>
-Tensor chain_forward(const std::vector<Layer<S>>& gs, const Tensor& x) {
-  const int64_t NL = gs.size();
-  const Layer<S>& g0 = gs[0];
+Tensor chain_forward(const std::vector<Layer<S>>& gs, const Layer<S>* head, const Layer<S>* tail, const Tensor& x,
+                     const Tensor* residual) {
+  const int64_t NL = gs.size(), NS = NL + (tail ? 1 : 0);
+  const Layer<S>& g0 = gs[0];  // the geometry of the rings' rows: the IGC layers' packed input rows
   const IGCConvParams& p = g0.p;
-  Tensor out = empty_output({p.N, p.C_out, p.H_out, p.W_out}, x.options(), at::MemoryFormat::Contiguous);
+  const int64_t C_out = tail ? tail->p.C_out : p.C_out;
+  Tensor out = empty_output({p.N, C_out, p.H_out, p.W_out}, x.options(), at::MemoryFormat::Contiguous);
   if (out.numel() == 0) return out;
   const Kernels<S>& kern = kernels<S>();
   const S* xp = x.data_ptr<S>();
   const Str xs = strides_of(x), os = strides_of(out);
   S* const op = out.data_ptr<S>();
+  const S* const rp = residual ? residual->data_ptr<S>() : nullptr;
+  const Str rs = residual ? strides_of(*residual) : Str{0, 0, 0, 0};
   const int64_t L = p.L, C = p.C_out, tiles = (p.H_out + 3) / 4, slot = g0.slot, Wp = g0.Wp;
   const bool stream = out.nbytes() >= stream_bytes_checked() && os.c % kLanes == 0 && p.W_out % kLanes == 0;
-  // A band's first tile recomputes the earlier layers' tiles above it (NL - 1 - k of layer k):
+  // Ring rows: kChainRing per layer but the last, kHeadRows for the head, 4 before the tail.
+  const int64_t head_ring = (NL - 1) * kChainRing, tail_rows = head_ring + (head ? kHeadRows : 0);
+  const int64_t ring_rows = tail_rows + (tail ? 4 : 0);
+  // A band's first tile recomputes the earlier stages' tiles above it (NS - 1 - s of stage s):
   // a band is split only where that stays small against the tiles it moves.
-  BandScheduler sched(p.N * tiles, grain_for(4 * p.W_out * C * (g0.K1 + L) * NL), 2 * NL);
+  BandScheduler sched(p.N * tiles, grain_for(4 * p.W_out * C * (g0.K1 + L) * NL), 2 * NS);
   at::parallel_for(0, sched.bands(), 1, [&](int64_t band0, int64_t band1) {
-    RowCache<S> cache(g0, kern, 0, /*wino_tiles=*/true);
-    cache.deferred = pack_in_parts(p, xs);
+    // x's rows: packed for the head's rows (three per row) or for the first layer's tiles.
+    RowCache<S> cache(head ? *head : g0, kern, 0, /*wino_tiles=*/head == nullptr);
+    cache.deferred = !head && pack_in_parts(p, xs);
     WinoTile<S> wt(g0, kern, /*join=*/false);
-    // Layer k < NL - 1: its output row iy (as layer k + 1's packed input row) in slot iy % kChainRing
-    // (+ a vector: the last ring row's packed row starts kChainCol - pW into its slot).
+    // Row iy of layer k < NL - 1, as layer k + 1's packed input row: ring row k * kChainRing +
+    // iy % kChainRing (+ a vector: the last ring row's packed row starts kChainCol - pW into its slot).
     ChainScratch<S>& scratch = chain_scratch<S>();
-    scratch.prepare((NL - 1) * kChainRing * slot + kLanes, slot, Wp, p.W);
+    scratch.prepare(ring_rows * slot + kLanes, slot, Wp, p.W);
     S* const ring = scratch.ring.data();
     const S* const zero = scratch.zero.data();
-    std::vector<int64_t> done(NL, -1), low(NL, 0);
-    std::vector<char> started(NL, 0);
+    auto ring_at = [&](int64_t r) { return ring + r * slot; };
+    auto ring_row = [&](int64_t k, int64_t iy) { return ring_at(k * kChainRing + iy % kChainRing); };
+    std::vector<int64_t> done(NS, -1), low(NS, 0);
+    std::vector<char> started(NS, 0);
     std::vector<const S*> rows(6);
     std::vector<S*> dst(C);
-    auto ring_row = [&](int64_t k, int64_t iy) { return ring + (k * kChainRing + iy % kChainRing) * slot; };
-    // Tile t of layer k of image n, its input rows ready.
-    auto run = [&](int64_t k, int64_t n, int64_t t) {
-      const Layer<S>& g = gs[k];
-      const bool last = k == NL - 1;
+    // The head's rows: image row n * H + iy in ring row head_ring + iy % kHeadRows (head_row_of).
+    std::vector<int64_t> head_row_of(kHeadRows, -1);
+    RowsArgs<S> hb;  // one segment of a head row: the row-by-row forward's L == 1 GEMM
+    if (head) {
+      hb.MB = head->p.M;
+      hb.K = head->K1;
+      hb.ldw = head->p.M;
+      hb.w = head->w1f.data();
+      hb.bias = head->bf.data();
+      hb.src = cache.src.data();
+      hb.dst = dst.data();
+      hb.relu = head->p.activation == kActRelu;
+    }
+    auto head_row = [&](int64_t n, int64_t iy) -> const S* {
+      S* const row = ring_at(head_ring + iy % kHeadRows);
+      if (head_row_of[iy % kHeadRows] != n * p.H + iy) {
+        cache.template prepare<S>(xp, xs, n, iy);
+        for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
+          for (int64_t oc = 0; oc < C; ++oc) dst[head->c2_of_oc[oc]] = row + kChainCol + p0 + oc * Wp;
+          hb.P = std::min(kSegF, p.W_out - p0);
+          hb.soff = p0;
+          kern.rows(hb);
+        }
+        head_row_of[iy % kHeadRows] = n * p.H + iy;
+      }
+      return row + kChainCol - p.pW;
+    };
+    // The tail: the parts of the last layer's row iy in parts slot iy % kChainRing (a tail tile
+    // reads rows 4t - 1 .. 4t + 4 while the last layer is a tile ahead), made as the row is done.
+    std::unique_ptr<FewOutputRows<S>> few;
+    std::vector<const S*> ttaps(tail ? tail->p.C_in * 3 : 0);
+    std::vector<S*> trows(3);
+    auto tail_taps = [&](const S* packed) {
+      for (int64_t c = 0; c < tail->p.C_in; ++c)
+        for (int64_t kw = 0; kw < 3; ++kw) ttaps[c * 3 + kw] = packed + c * Wp + kw;
+    };
+    if (tail) {
+      few.reset(new FewOutputRows<S>(*tail, kern, kChainRing, rp != nullptr, tail->p.activation == kActRelu, stream));
+      tail_taps(zero + kChainCol - p.pW);
+      few->input_row(ttaps.data(), few->zero_parts());
+    }
+    auto parts_of = [&](int64_t iy) { return iy < 0 || iy >= p.H ? few->zero_parts() : few->set(iy % kChainRing); };
+    // Tile t of the tail of image n: output rows 4t .. 4t + 3 (as few_outputs_by_input_rows).
+    auto run_tail = [&](int64_t n, int64_t t) {
+      for (int64_t oy = 4 * t; oy < std::min(4 * t + 4, p.H_out); ++oy) {
+        for (int64_t kh = 0; kh < 3; ++kh) trows[kh] = parts_of(oy - 1 + kh);
+        for (int64_t oc = 0; oc < C_out; ++oc)
+          few->output_channel(trows.data(), oc, op + n * os.n + oc * os.c + oy * os.h,
+                              rp ? rp + n * rs.n + oc * rs.c + oy * rs.h : nullptr);
+      }
+    };
+    // Tile t of stage s of image n, its input rows ready.
+    auto run = [&](int64_t s, int64_t n, int64_t t) {
+      if (s == NL) return run_tail(n, t);
+      const Layer<S>& g = gs[s];
       const S* const* in = rows.data();
-      if (k == 0) {
+      if (s == 0 && !head) {
         cache.template prepare<S>(xp, xs, n, t);
         in = cache.rows.data();
       } else {
         for (int64_t r = 0; r < 6; ++r) {
           const int64_t iy = 4 * t + r - p.pH;
-          rows[r] = iy < 0 || iy >= p.H ? zero : ring_row(k - 1, iy) + kChainCol - p.pW;
+          rows[r] = iy < 0 || iy >= p.H ? zero : s == 0 ? head_row(n, iy) : ring_row(s - 1, iy) + kChainCol - p.pW;
         }
       }
+      const bool last = s == NL - 1;
       wt.new_tile();
       RowsArgs<S> b;  // the epilogue of the secondary
       b.relu = g.p.activation == kActRelu;
-      b.stream = last && stream;
+      b.stream = last && !tail && stream;
       for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
         const int64_t len = std::min(kSegF, p.W_out - p0);
         wt.segment(
             g, in, p0, len,
             [&](int64_t l) {
-              if (k == 0 && p0 == 0 && cache.deferred) cache.template pack<S>(l * p.M_in, (l + 1) * p.M_in);
+              if (s == 0 && p0 == 0 && cache.deferred) cache.template pack<S>(l * p.M_in, (l + 1) * p.M_in);
             },
             [](int64_t, int64_t) {});
         b.P = len;
         for (int64_t r = 0; r < 4 && 4 * t + r < p.H_out; ++r) {
           const int64_t oy = 4 * t + r;
-          S* const orow = last ? nullptr : ring_row(k, oy) + kChainCol + p0;
-          for (int64_t oc = 0; oc < C; ++oc)
-            dst[g.c2_of_oc[oc]] = last ? op + n * os.n + oc * os.c + oy * os.h + p0 : orow + oc * Wp;
+          if (last && !tail) {
+            for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = op + n * os.n + oc * os.c + oy * os.h + p0;
+          } else {
+            S* const orow = (last ? ring_at(tail_rows + r) : ring_row(s, oy)) + kChainCol + p0;
+            for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = orow + oc * Wp;
+          }
           secondary<S>(g, kern, b, wt.y1src.data() + r * C, dst.data(), nullptr);
         }
       }
+      if (last && tail) {
+        for (int64_t r = 0; r < 4 && 4 * t + r < p.H_out; ++r) {
+          tail_taps(ring_at(tail_rows + r) + kChainCol - p.pW);
+          few->input_row(ttaps.data(), parts_of(4 * t + r));
+        }
+      }
     };
-    // Layer k's tiles through t of image n done, each earlier layer's a tile further (the rows
+    // Stage s's tiles through t of image n done, each earlier stage's a tile further (the rows
     // below a tile's own that its taps read).
-    auto ensure = [&](auto& self, int64_t k, int64_t n, int64_t t) -> void {
+    auto ensure = [&](auto& self, int64_t s, int64_t n, int64_t t) -> void {
       t = std::min(t, tiles - 1);
-      if (started[k] && done[k] >= t) return;
-      for (int64_t tt = started[k] ? done[k] + 1 : low[k]; tt <= t; ++tt) {
-        if (k > 0) self(self, k - 1, n, tt + 1);
-        run(k, n, tt);
-        started[k] = 1;
-        done[k] = tt;
+      if (started[s] && done[s] >= t) return;
+      for (int64_t tt = started[s] ? done[s] + 1 : low[s]; tt <= t; ++tt) {
+        if (s > 0) self(self, s - 1, n, tt + 1);
+        run(s, n, tt);
+        started[s] = 1;
+        done[s] = tt;
       }
     };
     int64_t cur = -1;
     for (int64_t b = band0; b < band1; ++b)
       sched.work(b, [&](int64_t item, bool jumped) {
         const int64_t n = item / tiles, t = item % tiles;
-        if (jumped || n != cur) {  // a band's first tile in this image: each earlier layer starts a tile higher
+        if (jumped || n != cur) {  // a band's first tile in this image: each earlier stage starts a tile higher
           cur = n;
-          for (int64_t k = 0; k < NL; ++k) {
-            started[k] = 0;
-            low[k] = std::max<int64_t>(0, t - (NL - 1 - k));
+          for (int64_t s = 0; s < NS; ++s) {
+            started[s] = 0;
+            low[s] = std::max<int64_t>(0, t - (NS - 1 - s));
           }
         }
-        ensure(ensure, NL - 1, n, t);
+        ensure(ensure, NS - 1, n, t);
       });
     scratch.trim();
     if (stream) kern.store_fence();
@@ -599,25 +737,46 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Tensor& x) {
 
 }  // namespace
 
-// Layer k of ps applied to layer k - 1's output (igc_conv_chain's CPU implementation): fused where
-// chain_applies, else layer by layer.
+// Layer k of ps applied to layer k - 1's output (igc_conv_chain's CPU implementation), after the
+// head and before the tail where given: fused where chain_applies (with the head and the tail
+// where dense_end_applies, else they run on their own), else layer by layer.
 Tensor forward_chain(const std::vector<IGCConvParams>& ps, const Tensor& x, at::TensorList w1,
                      const std::vector<c10::optional<Tensor>>& b1, at::TensorList w2,
-                     const std::vector<c10::optional<Tensor>>& b2) {
+                     const std::vector<c10::optional<Tensor>>& b2, const c10::optional<DenseConv>& head,
+                     const c10::optional<DenseConv>& tail) {
+  auto run_alone = [](const DenseConv& d, const Tensor& in) {
+    return forward(d.p, in, d.w1, d.b1, d.w2, c10::nullopt, d.residual);
+  };
   // Channels_last inputs keep their layout layer by layer (the chain writes NCHW).
-  if (x.scalar_type() == at::kFloat && x.suggest_memory_format() == at::MemoryFormat::Contiguous) {
+  const bool planar_float =
+      x.scalar_type() == at::kFloat && x.suggest_memory_format() == at::MemoryFormat::Contiguous;
+  if (planar_float) {
     std::vector<Layer<float>> gs;
     gs.reserve(ps.size());
     for (size_t k = 0; k < ps.size(); ++k)
       gs.emplace_back(ps[k], w1[k], b1[k], w2[k], b2[k], winograd_enabled(), kChainCol);
-    if (chain_applies(gs, x)) {
+    c10::optional<Layer<float>> hl, tl;
+    if (head) hl.emplace(head->p, head->w1, head->b1, head->w2, c10::nullopt, winograd_enabled());
+    if (tail) tl.emplace(tail->p, tail->w1, tail->b1, tail->w2, c10::nullopt, winograd_enabled());
+    const bool fuse = chain_applies(gs, x);
+    const bool with_head = fuse && hl && dense_end_applies(*hl, gs, true);
+    // The tail writes the chain's output: its residual as that output's rows (contiguous NCHW).
+    const bool with_tail = fuse && tl && dense_end_applies(*tl, gs, false) &&
+                           (!tail->residual || (tail->residual->scalar_type() == at::kFloat &&
+                                                tail->residual->is_contiguous()));
+    if (fuse && int64_t(gs.size()) + with_head + with_tail >= 2) {
       g_chain_runs.fetch_add(1, std::memory_order_relaxed);
-      return chain_forward(gs, x);
+      // Without a fused head the chain reads the head's output: a new tensor, contiguous NCHW.
+      const Tensor in = head && !with_head ? run_alone(*head, x) : x;
+      const Tensor res = with_tail && tail->residual ? *tail->residual : Tensor();
+      Tensor h = chain_forward<float>(gs, with_head ? &*hl : nullptr, with_tail ? &*tl : nullptr, in,
+                                      res.defined() ? &res : nullptr);
+      return tail && !with_tail ? run_alone(*tail, h) : h;
     }
   }
-  Tensor h = x;
+  Tensor h = head ? run_alone(*head, x) : x;
   for (size_t k = 0; k < ps.size(); ++k) h = forward(ps[k], h, w1[k], b1[k], w2[k], b2[k], c10::nullopt);
-  return h;
+  return tail ? run_alone(*tail, h) : h;
 }
 
 Tensor forward(const IGCConvParams& p, const Tensor& x, const Tensor& w1, const c10::optional<Tensor>& b1,

@@ -663,10 +663,20 @@ std::vector<S> flipped_primary_weights(const Layer<S>& g, uint64_t valid) {
 // The entry points (forward.cpp, backward.cpp), for parameters ops.cpp has checked.
 Tensor forward(const IGCConvParams& p, const Tensor& x, const Tensor& w1, const c10::optional<Tensor>& b1,
                const Tensor& w2, const c10::optional<Tensor>& b2, const c10::optional<Tensor>& residual);
-// Layer k of ps applied to layer k - 1's output (forward.cpp: fused where chain_applies).
+// A dense conv at one end of a chain (igc_conv_chain's head or tail): an IGC layer with one
+// primary group and the identity secondary w2 (ones), as FusedConv2d runs a conv; the tail may
+// take a residual.
+struct DenseConv {
+  IGCConvParams p;
+  Tensor w1, w2;
+  c10::optional<Tensor> b1, residual;
+};
+// Layer k of ps applied to layer k - 1's output, after head and before tail where given
+// (forward.cpp: fused where chain_applies).
 Tensor forward_chain(const std::vector<IGCConvParams>& ps, const Tensor& x, at::TensorList w1,
                      const std::vector<c10::optional<Tensor>>& b1, at::TensorList w2,
-                     const std::vector<c10::optional<Tensor>>& b2);
+                     const std::vector<c10::optional<Tensor>>& b2, const c10::optional<DenseConv>& head,
+                     const c10::optional<DenseConv>& tail);
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(const IGCConvParams& p, const Tensor& grad_out,
                                                             const Tensor& x, const Tensor& w1,
                                                             const c10::optional<Tensor>& b1, const Tensor& w2,

@@ -106,7 +106,7 @@ class VDSR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 1:
             raise ValueError(f"input must be (N, 1, H, W) (the Y channel), got shape {tuple(x.shape)}")
-        # The body as nn.Sequential would run it; consecutive IGC layers fused where nothing needs
-        # their gradient (inference on the fused CPU kernel: the activations between them stay in
-        # the caches).
-        return self.tail(chained_forward(self.body, self.head(x)), residual=x)
+        # Head, body and tail as nn.Sequential would run them; consecutive IGC layers fused where
+        # nothing needs their gradient (inference on the fused CPU kernel: the activations between
+        # them stay in the caches), the head and tail with the first and last of them.
+        return chained_forward([*self.head, *self.body, self.tail], x, residual=x)

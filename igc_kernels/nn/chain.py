@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..ops import igc_conv_chain
+from .fused_conv import FusedConv2d
 from .igc_conv2d import IGCConv2d
 
 # How many layers a fused chain takes (max_chain=None). Each layer of a chain but the last keeps
@@ -33,23 +34,40 @@ def auto_chain_length(channels: int, width: int, element_size: int = 4) -> int:
     return max(1, min(MAX_AUTO_CHAIN, 1 + RING_BUDGET_BYTES // max(ring, 1)))
 
 
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or nn.modules.module._global_forward_hooks or
+                nn.modules.module._global_forward_pre_hooks)
+
+
 def _chain_key(m: nn.Module):
     """What consecutive layers must share to run as one chain (None: this layer cannot chain).
     Layers with hooks, and subclasses (their own forward), run as modules."""
-    if type(m) is not IGCConv2d or m.padding_mode != "zeros" or m.in_channels != m.out_channels:
-        return None
-    if m._forward_hooks or m._forward_pre_hooks or nn.modules.module._global_forward_hooks or \
-            nn.modules.module._global_forward_pre_hooks:
+    if type(m) is not IGCConv2d or m.padding_mode != "zeros" or m.in_channels != m.out_channels or _has_hooks(m):
         return None
     return (m.primary_groups, m.kernel_size, m.stride, m.padding, m.dilation, m.shuffle, m.activation, m.backend)
 
 
-def chained_forward(layers: Iterable[nn.Module], x: torch.Tensor, max_chain: int | None = None) -> torch.Tensor:
-    """``layers`` applied in order, as ``nn.Sequential`` would; runs of consecutive ``IGCConv2d``
-    layers with the same hyperparameters (as many input as output channels, no hooks) go through
-    ``igc_kernels.ops.igc_conv_chain`` in chains of up to ``max_chain`` layers (None: as many as
-    ``auto_chain_length`` gives for the activation's channels and width), which fuses them where
-    no gradient is needed and the fused CPU kernel runs them, with the same result.
+def _joins(end: nn.Module, run: IGCConv2d, h: torch.Tensor, head: bool) -> bool:
+    """Whether ``end`` can run as the head (before) or tail (after) of a chain of layers like
+    ``run``: a FusedConv2d (no subclass, no hooks) on the fused CPU kernel with the layers' stride,
+    padding and dilation, whose channels meet theirs (the op then fuses it where its kernel can)."""
+    if type(end) is not FusedConv2d or _has_hooks(end) or not end._use_fused(h) or end.backend not in ("auto", "cpu"):
+        return False
+    if (end.stride, end.padding, end.dilation) != (run.stride, run.padding, run.dilation):
+        return False
+    return end.out_channels == run.in_channels if head else end.in_channels == run.out_channels
+
+
+def chained_forward(layers: Iterable[nn.Module], x: torch.Tensor, max_chain: int | None = None,
+                    residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``layers`` applied in order, as ``nn.Sequential`` would, the last one given ``residual``
+    if not None (``layers[-1](h, residual=residual)``, as ``FusedConv2d`` takes it). Runs of
+    consecutive ``IGCConv2d`` layers with the same hyperparameters (as many input as output
+    channels, no hooks) go through ``igc_kernels.ops.igc_conv_chain`` in chains of up to
+    ``max_chain`` layers (None: as many as ``auto_chain_length`` gives for the activation's
+    channels and width), which fuses them where no gradient is needed and the fused CPU kernel
+    runs them, with the same result. A ``FusedConv2d`` right before or after a run (VDSR's head
+    and tail) joins its first or last chain, as the chain's head or tail.
 
     Example::
 
@@ -59,15 +77,31 @@ def chained_forward(layers: Iterable[nn.Module], x: torch.Tensor, max_chain: int
     """
     if max_chain is not None and (isinstance(max_chain, bool) or not isinstance(max_chain, int) or max_chain < 1):
         raise ValueError(f"max_chain must be a positive int or None, got {max_chain!r}")
-    run: list[IGCConv2d] = []
+    layers = list(layers)
+    if residual is not None and not layers:
+        raise ValueError("residual is passed to the last layer, but layers is empty")
+    # Steps: a module, or a run of chainable IGC layers.
+    steps: list[nn.Module | list[IGCConv2d]] = []
+    for layer in layers:
+        key = _chain_key(layer)
+        if key is not None and steps and isinstance(steps[-1], list) and _chain_key(steps[-1][0]) == key:
+            steps[-1].append(layer)
+        else:
+            steps.append([layer] if key is not None else layer)
 
-    def flush(h: torch.Tensor) -> torch.Tensor:
+    def dense(end: FusedConv2d | None):
+        return None if end is None else (end.weight, end.bias)
+
+    def run_chain(h, run, head, tail, res):
         step = max_chain
         if step is None:
-            step = auto_chain_length(h.shape[-3], h.shape[-1], h.element_size()) if h.dim() >= 3 else 1
+            step = auto_chain_length(run[0].out_channels, h.shape[-1], h.element_size()) if h.dim() >= 3 else 1
         for i in range(0, len(run), step):
             part = run[i:i + step]
-            if len(part) == 1:
+            first, last = i == 0, i + step >= len(run)
+            part_head = head if first else None
+            part_tail = tail if last else None
+            if len(part) == 1 and part_head is None and part_tail is None:
                 h = part[0](h)
                 continue
             m = part[0]
@@ -75,18 +109,34 @@ def chained_forward(layers: Iterable[nn.Module], x: torch.Tensor, max_chain: int
             h = igc_conv_chain(
                 h, weights, groups=m.primary_groups, stride=m.stride, padding=m.padding, dilation=m.dilation,
                 shuffle=m.shuffle, activation=m.activation, backend=m.backend,
+                head=dense(part_head), head_activation=part_head.activation if part_head is not None else "none",
+                tail=dense(part_tail), tail_activation=part_tail.activation if part_tail is not None else "none",
+                residual=res if part_tail is not None else None,
             )
-        run.clear()
         return h
 
-    for layer in layers:
-        key = _chain_key(layer)
-        if key is not None and (not run or _chain_key(run[0]) == key):
-            run.append(layer)
-            continue
-        x = flush(x)
-        if key is not None:
-            run.append(layer)
+    h = x
+    i = 0
+    while i < len(steps):
+        step = steps[i]
+        if isinstance(step, list):
+            head, run = None, step
+        elif i + 1 < len(steps) and isinstance(steps[i + 1], list) and _joins(step, steps[i + 1][0], h, head=True):
+            head, run = step, steps[i + 1]
+            i += 1
         else:
-            x = layer(x)
-    return flush(x)
+            h = step(h, residual=residual) if i == len(steps) - 1 and residual is not None else step(h)
+            i += 1
+            continue
+        if i == len(steps) - 1 and residual is not None:  # the run's last layer takes the residual itself
+            *rest, final = run
+            if rest:
+                h = run_chain(h, rest, head, None, None)
+            elif head is not None:
+                h = head(h)
+            return final(h, residual=residual)
+        nxt = steps[i + 1] if i + 1 < len(steps) else None
+        tail = nxt if isinstance(nxt, nn.Module) and _joins(nxt, run[0], h, head=False) else None
+        h = run_chain(h, run, head, tail, residual if tail is not None and i + 1 == len(steps) - 1 else None)
+        i += 2 if tail is not None else 1
+    return h

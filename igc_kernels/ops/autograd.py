@@ -46,9 +46,13 @@ def fake_backward(grad_out, x, w1, b1, w2, out, groups, stride, padding, dilatio
     return gx, gw1, gb1, gw2, gb2
 
 
-def fake_chain(x, w1, b1, w2, b2, groups, stride, padding, dilation, shuffle, activation):
+def fake_chain(x, w1, b1, w2, b2, groups, stride, padding, dilation, shuffle, activation, head_weight=None,
+               head_bias=None, head_activation=0, tail_weight=None, tail_bias=None, tail_activation=0,
+               residual=None):
     n, c, h, w = x.shape
-    for weight in w1:
+    weights = ([head_weight] if head_weight is not None else []) + list(w1) + \
+        ([tail_weight] if tail_weight is not None else [])
+    for weight in weights:
         c, _, kh, kw = weight.shape
         h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         w = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1

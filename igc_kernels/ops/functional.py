@@ -86,6 +86,19 @@ def igc_conv(
     return torch.ops.igc_kernels.igc_conv(*args)
 
 
+def _dense_end(name: str, end) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A chain end given as ``(weight, bias)`` (bias may be None), checked for its form."""
+    if not isinstance(end, (tuple, list)) or len(end) != 2:
+        raise ValueError(f"{name} must be a (weight, bias) tuple of a dense conv, got {type(end).__name__}")
+    weight, bias = end
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        raise ValueError(f"{name}[0] (weight) must be a 4-D (C_out, C_in, kH, kW) tensor, got "
+                         f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"{name}[1] (bias) must be a tensor or None, got {type(bias).__name__}")
+    return weight, bias
+
+
 def igc_conv_chain(
     x: torch.Tensor,
     layers,
@@ -97,9 +110,20 @@ def igc_conv_chain(
     shuffle: bool = True,
     activation: str = "none",
     backend: str = "auto",
+    head=None,
+    head_activation: str = "none",
+    tail=None,
+    tail_activation: str = "none",
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A chain of IGC layers with the same hyperparameters: ``layers`` is a sequence of
     ``(w1, w2, b1, b2)``, and the result is that of ``igc_conv`` applied layer after layer.
+
+    Optional dense convs (groups 1, the layers' stride, padding and dilation) at its ends, each
+    ``(weight, bias)`` in ``nn.Conv2d``'s layout: ``head`` is applied to ``x`` first (then
+    ``head_activation``), ``tail`` to the last layer's output, plus ``residual`` before
+    ``tail_activation``. They compute what ``FusedConv2d`` computes (``igc_conv`` with an identity
+    secondary), so VDSR's first and last convs and its global residual can join the chains.
 
     For inference: where no gradient is needed and the chain runs on the fused CPU kernel, the
     layers run as one op (``igc_kernels::igc_conv_chain``) that keeps the activations between them
@@ -118,26 +142,57 @@ def igc_conv_chain(
     for k, layer in enumerate(layers):
         if not isinstance(layer, (tuple, list)) or len(layer) != 4:
             raise ValueError(f"layers[{k}] must be a (w1, w2, b1, b2) tuple, got {type(layer).__name__}")
+    head = None if head is None else _dense_end("head", head)
+    tail = None if tail is None else _dense_end("tail", tail)
+    if residual is not None and tail is None:
+        raise ValueError("residual is added by the tail: pass tail=(weight, bias) with it")
     kwargs = dict(groups=groups, stride=stride, padding=padding, dilation=dilation, shuffle=shuffle,
                   activation=activation)
-    tensors = [x] + [t for layer in layers for t in layer if t is not None]
+    ends = [t for end in (head, tail) if end is not None for t in end if t is not None]
+    tensors = [x, residual] + ends + [t for layer in layers for t in layer if t is not None]
     needs_grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
     autocast = isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type)
-    if len(layers) == 1 or needs_grad or autocast or not isinstance(x, torch.Tensor) or \
-            backends.resolve(backend, x) != "cpu":
+    if (len(layers) == 1 and head is None and tail is None) or needs_grad or autocast or \
+            not isinstance(x, torch.Tensor) or backends.resolve(backend, x) != "cpu":
+
+        def dense(h, end, act, res=None):  # as FusedConv2d runs a conv on the fused op
+            weight, bias = end
+            identity = torch.ones(weight.shape[0], 1, 1, 1, dtype=weight.dtype, device=weight.device)
+            return igc_conv(h, weight, identity, bias, None, groups=1, stride=stride, padding=padding,
+                            dilation=dilation, shuffle=False, activation=act, residual=res, backend=backend)
+
+        if head is not None:
+            x = dense(x, head, head_activation)
         for w1, w2, b1, b2 in layers:
             x = igc_conv(x, w1, w2, b1, b2, backend=backend, **kwargs)
-        return x
+        return x if tail is None else dense(x, tail, tail_activation, residual)
     stride_, padding_, dilation_, act = _hyperparameters(stride, padding, dilation, shuffle, activation)
-    h = x
-    for k, (w1, w2, b1, b2) in enumerate(layers):
+    head_act, tail_act = activation_code(head_activation), activation_code(tail_activation)
+
+    def view(shape):  # the next layer's input, for the checks: x's storage with those sizes (no copy)
+        return x.as_strided((x.shape[0], shape.c_out, shape.h_out, shape.w_out), (0, 0, 0, 0))
+
+    def check(where, h, w1, b1, w2, b2, res, groups_):
         try:
-            shape = check_igc_args(h, w1, b1, w2, b2, None, groups, stride_, padding_, dilation_)
+            return check_igc_args(h, w1, b1, w2, b2, res, groups_, stride_, padding_, dilation_)
         except (TypeError, ValueError) as exc:
-            raise type(exc)(f"layers[{k}]: {exc}") from None
-        # The next layer's input, for the checks: x's storage with the output's sizes (no copy).
-        h = x.as_strided((x.shape[0], shape.c_out, shape.h_out, shape.w_out), (0, 0, 0, 0))
+            raise type(exc)(f"{where}: {exc}") from None
+
+    def identity(weight):
+        return weight.new_ones((weight.shape[0], 1, 1, 1)) if isinstance(weight, torch.Tensor) else weight
+
+    h = x
+    if head is not None:
+        h = view(check("head", h, head[0], head[1], identity(head[0]), None, None, 1))
+    for k, (w1, w2, b1, b2) in enumerate(layers):
+        h = view(check(f"layers[{k}]", h, w1, b1, w2, b2, None, groups))
+    if tail is not None:
+        # The residual is checked against the tail's output: x's storage with its sizes.
+        check("tail", h, tail[0], tail[1], identity(tail[0]), None, residual, 1)
     return torch.ops.igc_kernels.igc_conv_chain(
         x, [layer[0] for layer in layers], [layer[2] for layer in layers], [layer[1] for layer in layers],
         [layer[3] for layer in layers], groups, list(stride_), list(padding_), list(dilation_), shuffle, act,
+        head_weight=None if head is None else head[0], head_bias=None if head is None else head[1],
+        head_activation=head_act, tail_weight=None if tail is None else tail[0],
+        tail_bias=None if tail is None else tail[1], tail_activation=tail_act, residual=residual,
     )
