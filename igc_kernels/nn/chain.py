@@ -118,14 +118,14 @@ def chained_forward(layers: Iterable[nn.Module], x: torch.Tensor, max_chain: int
     h = x
     i = 0
     while i < len(steps):
-        step = steps[i]
-        if isinstance(step, list):
-            head, run = None, step
-        elif i + 1 < len(steps) and isinstance(steps[i + 1], list) and _joins(step, steps[i + 1][0], h, head=True):
-            head, run = step, steps[i + 1]
+        item = steps[i]
+        if isinstance(item, list):
+            head, run = None, item
+        elif i + 1 < len(steps) and isinstance(steps[i + 1], list) and _joins(item, steps[i + 1][0], h, head=True):
+            head, run = item, steps[i + 1]
             i += 1
         else:
-            h = step(h, residual=residual) if i == len(steps) - 1 and residual is not None else step(h)
+            h = item(h, residual=residual) if i == len(steps) - 1 and residual is not None else item(h)
             i += 1
             continue
         if i == len(steps) - 1 and residual is not None:  # the run's last layer takes the residual itself
