@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from igc_kernels import IGCConv2d, replace_conv2d
-from igc_kernels.ops import igc_conv_reference
+from igc_kernels.ops import _ext, igc_conv_reference
 
 
 def test_forward_matches_reference_and_shapes():
@@ -148,3 +148,23 @@ def test_fused_conv2d_stock_backend_and_errors():
         FusedConv2d(4, 4, 3, backend="gpu")
     with pytest.raises(ValueError, match="activation must be one of"):
         FusedConv2d(4, 4, 3, activation="gelu")
+
+
+@pytest.mark.parametrize("backend", ["auto", "stock", "cpu", "reference"])
+def test_dense_conv_is_fused_conv2d(backend):
+    """igc_kernels.ops.dense_conv (FusedConv2d's function, and the fallback of igc_conv_chain's
+    head and tail) gives the module's result bitwise, and nn.Conv2d's within rounding."""
+    from igc_kernels.ops import dense_conv
+
+    if backend != "stock" and not _ext.has_kernel("CPU"):
+        pytest.skip("fused CPU kernel not built")
+    torch.manual_seed(3)
+    conv = FusedConv2d(6, 5, 3, padding=1, stride=(1, 2), activation="relu", backend=backend)
+    x, res = torch.randn(2, 6, 11, 14), torch.randn(2, 5, 11, 7)
+    got = dense_conv(x, conv.weight, conv.bias, padding=1, stride=(1, 2), activation="relu", residual=res,
+                     backend=backend)
+    assert torch.equal(got, conv(x, residual=res))
+    want = torch.relu(torch.nn.functional.conv2d(x, conv.weight, conv.bias, stride=(1, 2), padding=1) + res)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        dense_conv(x, conv.weight, backend="gpu")

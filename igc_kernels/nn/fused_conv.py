@@ -13,14 +13,13 @@ Same parameters and state_dict as ``nn.Conv2d``, so weights load either way.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..ops import igc_conv
-from ..ops._ext import has_kernel
+from ..ops import dense_conv
+from ..ops.functional import DENSE_BACKENDS, dense_backend
 from ..ops.validate import activation_code
 
-BACKENDS = ("auto", "stock", "cpu", "cuda", "triton", "reference")
+BACKENDS = DENSE_BACKENDS
 
 
 class FusedConv2d(nn.Conv2d):
@@ -31,7 +30,7 @@ class FusedConv2d(nn.Conv2d):
         backend: 'auto' (default): the fused kernel for CPU tensors when the compiled CPU kernel
             is present, PyTorch's own conv otherwise (cuDNN is the better choice on GPUs);
             'stock': always PyTorch's conv; 'cpu', 'cuda', 'triton', 'reference': that backend
-            of ``igc_kernels.ops.igc_conv``.
+            of ``igc_kernels.ops.igc_conv`` (``igc_kernels.ops.dense_conv`` is the function).
 
     ``forward(x, residual=None)``: residual, of the output's shape, is added before the activation.
     """
@@ -48,28 +47,15 @@ class FusedConv2d(nn.Conv2d):
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.activation = "relu" if activation_code(activation) == 1 else "none"
         self.backend = backend
-        # The identity secondary (one 1x1 weight per output channel), not a parameter.
-        self.register_buffer("_identity", torch.ones(self.out_channels, 1, 1, 1), persistent=False)
 
     def _use_fused(self, x: torch.Tensor) -> bool:
-        if self.backend == "stock":
-            return False
-        if self.backend == "auto":
-            return x.device.type == "cpu" and has_kernel("CPU")
-        return True
+        """Whether this conv runs on the fused op for x (as dense_conv decides)."""
+        return dense_backend(self.backend, x) != "stock"
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self._use_fused(x):
-            backend = "cpu" if self.backend == "auto" else self.backend
-            return igc_conv(
-                x, self.weight, self._identity.to(self.weight.dtype), self.bias, None, groups=1,
-                stride=self.stride, padding=self.padding, dilation=self.dilation, shuffle=False,
-                activation=self.activation, residual=residual, backend=backend,
-            )
-        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
-        if residual is not None:
-            y = y + residual
-        return F.relu(y) if self.activation == "relu" else y
+        return dense_conv(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
+                          dilation=self.dilation, activation=self.activation, residual=residual,
+                          backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation!r}, backend={self.backend!r}"

@@ -6,7 +6,7 @@ from . import _ext
 from .autograd import register as _register
 from .autograd import register_chain as _register_chain
 from .backends import BACKENDS, available_backends, resolve
-from .functional import igc_conv, igc_conv_chain
+from .functional import dense_conv, igc_conv, igc_conv_chain
 from .reference import channel_shuffle, dense_equivalent, igc_conv_reference
 
 if _ext.has_extension():
@@ -21,6 +21,7 @@ __all__ = [
     "BACKENDS",
     "available_backends",
     "channel_shuffle",
+    "dense_conv",
     "dense_equivalent",
     "igc_conv",
     "igc_conv_chain",

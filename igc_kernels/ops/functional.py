@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from . import backends
+from ._ext import has_kernel
 from .reference import igc_conv_reference
 from .validate import Pair, activation_code, check_igc_args, pair
 
@@ -86,6 +88,47 @@ def igc_conv(
     return torch.ops.igc_kernels.igc_conv(*args)
 
 
+DENSE_BACKENDS = ("auto", "stock", "cpu", "cuda", "triton", "reference")
+
+
+def dense_backend(backend: str, x: torch.Tensor) -> str:
+    """Who runs ``dense_conv(x, backend=backend)``: 'stock' (PyTorch's conv) or a backend of igc_conv."""
+    if backend not in DENSE_BACKENDS:
+        raise ValueError(f"backend must be one of {DENSE_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "cpu" if isinstance(x, torch.Tensor) and x.device.type == "cpu" and has_kernel("CPU") else "stock"
+    return backend
+
+
+def dense_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    stride: Pair = 1,
+    padding: Pair = 0,
+    dilation: Pair = 1,
+    activation: str = "none",
+    residual: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """A dense conv (groups 1, ``weight`` in ``nn.Conv2d``'s layout) + ``residual``, then
+    ``activation``: what ``FusedConv2d`` computes. ``backend`` 'auto': the fused CPU kernel for CPU
+    tensors when it is built (an IGC layer with one primary group and an identity secondary), else
+    PyTorch's conv (cuDNN is the better choice on GPUs); 'stock': always PyTorch's conv; 'cpu',
+    'cuda', 'triton', 'reference': that backend of ``igc_conv``."""
+    act = activation_code(activation)
+    backend = dense_backend(backend, x)
+    if backend == "stock":
+        y = F.conv2d(x, weight, bias, stride, padding, dilation)
+        if residual is not None:
+            y = y + residual
+        return F.relu(y) if act == 1 else y
+    identity = torch.ones(weight.shape[0], 1, 1, 1, dtype=weight.dtype, device=weight.device)
+    return igc_conv(x, weight, identity, bias, None, groups=1, stride=stride, padding=padding, dilation=dilation,
+                    shuffle=False, activation="relu" if act == 1 else "none", residual=residual, backend=backend)
+
+
 def _dense_end(name: str, end) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A chain end given as ``(weight, bias)`` (bias may be None), checked for its form."""
     if not isinstance(end, (tuple, list)) or len(end) != 2:
@@ -122,8 +165,8 @@ def igc_conv_chain(
     Optional dense convs (groups 1, the layers' stride, padding and dilation) at its ends, each
     ``(weight, bias)`` in ``nn.Conv2d``'s layout: ``head`` is applied to ``x`` first (then
     ``head_activation``), ``tail`` to the last layer's output, plus ``residual`` before
-    ``tail_activation``. They compute what ``FusedConv2d`` computes (``igc_conv`` with an identity
-    secondary), so VDSR's first and last convs and its global residual can join the chains.
+    ``tail_activation``. They compute what ``FusedConv2d(backend=backend)`` computes
+    (``dense_conv``), so VDSR's first and last convs and its global residual can join the chains.
 
     For inference: where no gradient is needed and the chain runs on the fused CPU kernel, the
     layers run as one op (``igc_kernels::igc_conv_chain``) that keeps the activations between them
@@ -155,11 +198,9 @@ def igc_conv_chain(
     if (len(layers) == 1 and head is None and tail is None) or needs_grad or autocast or \
             not isinstance(x, torch.Tensor) or backends.resolve(backend, x) != "cpu":
 
-        def dense(h, end, act, res=None):  # as FusedConv2d runs a conv on the fused op
-            weight, bias = end
-            identity = torch.ones(weight.shape[0], 1, 1, 1, dtype=weight.dtype, device=weight.device)
-            return igc_conv(h, weight, identity, bias, None, groups=1, stride=stride, padding=padding,
-                            dilation=dilation, shuffle=False, activation=act, residual=res, backend=backend)
+        def dense(h, end, act, res=None):  # as FusedConv2d(backend=backend) runs it
+            return dense_conv(h, end[0], end[1], stride=stride, padding=padding, dilation=dilation,
+                              activation=act, residual=res, backend=backend)
 
         if head is not None:
             x = dense(x, head, head_activation)
