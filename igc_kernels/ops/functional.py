@@ -219,8 +219,8 @@ def igc_conv_chain(
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{where}: {exc}") from None
 
-    def identity(weight):
-        return weight.new_ones((weight.shape[0], 1, 1, 1)) if isinstance(weight, torch.Tensor) else weight
+    def identity(weight):  # the ends' secondary, as dense_conv passes it
+        return weight.new_ones((weight.shape[0], 1, 1, 1))
 
     h = x
     if head is not None:
@@ -228,8 +228,7 @@ def igc_conv_chain(
     for k, (w1, w2, b1, b2) in enumerate(layers):
         h = view(check(f"layers[{k}]", h, w1, b1, w2, b2, None, groups))
     if tail is not None:
-        # The residual is checked against the tail's output: x's storage with its sizes.
-        check("tail", h, tail[0], tail[1], identity(tail[0]), None, residual, 1)
+        check("tail", h, tail[0], tail[1], identity(tail[0]), None, residual, 1)  # and the residual's shape
     return torch.ops.igc_kernels.igc_conv_chain(
         x, [layer[0] for layer in layers], [layer[2] for layer in layers], [layer[1] for layer in layers],
         [layer[3] for layer in layers], groups, list(stride_), list(padding_), list(dilation_), shuffle, act,
