@@ -755,13 +755,14 @@ Tensor forward_chain(const std::vector<IGCConvParams>& ps, const Tensor& x, at::
     gs.reserve(ps.size());
     for (size_t k = 0; k < ps.size(); ++k)
       gs.emplace_back(ps[k], w1[k], b1[k], w2[k], b2[k], winograd_enabled(), kChainCol);
-    c10::optional<Layer<float>> hl, tl;
-    if (head) hl.emplace(head->p, head->w1, head->b1, head->w2, c10::nullopt, winograd_enabled());
-    if (tail) tl.emplace(tail->p, tail->w1, tail->b1, tail->w2, c10::nullopt, winograd_enabled());
     const bool fuse = chain_applies(gs, x);
-    const bool with_head = fuse && hl && dense_end_applies(*hl, gs, true);
+    // The ends' tables only where the chain may take them (an end that runs alone builds its own).
+    c10::optional<Layer<float>> hl, tl;
+    if (fuse && head) hl.emplace(head->p, head->w1, head->b1, head->w2, c10::nullopt, winograd_enabled());
+    if (fuse && tail) tl.emplace(tail->p, tail->w1, tail->b1, tail->w2, c10::nullopt, winograd_enabled());
+    const bool with_head = hl && dense_end_applies(*hl, gs, true);
     // The tail writes the chain's output: its residual as that output's rows (contiguous NCHW).
-    const bool with_tail = fuse && tl && dense_end_applies(*tl, gs, false) &&
+    const bool with_tail = tl && dense_end_applies(*tl, gs, false) &&
                            (!tail->residual || (tail->residual->scalar_type() == at::kFloat &&
                                                 tail->residual->is_contiguous()));
     if (fuse && int64_t(gs.size()) + with_head + with_tail >= 2) {

@@ -19,8 +19,6 @@ from ..ops import dense_conv
 from ..ops.functional import DENSE_BACKENDS, dense_backend
 from ..ops.validate import activation_code
 
-BACKENDS = DENSE_BACKENDS
-
 
 class FusedConv2d(nn.Conv2d):
     """``nn.Conv2d`` (groups 1, zero padding) + optional fused ReLU and residual.
@@ -43,8 +41,8 @@ class FusedConv2d(nn.Conv2d):
             raise ValueError(f"padding_mode must be 'zeros', got {self.padding_mode!r}")
         if isinstance(self.padding, str):
             raise ValueError(f"padding must be numbers (the fused op has no 'same'/'valid'), got {self.padding!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend not in DENSE_BACKENDS:
+            raise ValueError(f"backend must be one of {DENSE_BACKENDS}, got {backend!r}")
         self.activation = "relu" if activation_code(activation) == 1 else "none"
         self.backend = backend
 
