@@ -12,6 +12,7 @@ from igc_kernels.ops import _ext, igc_conv, igc_conv_reference
 from igc_kernels.testing import assert_close_to_reference
 
 from test_chain import _chain_op, _fused, _layers, _one_by_one, _reference
+from test_chain import aligned_chain_tiles  # noqa: F401  (autouse: tiles aligned as the layers')
 from test_fused_cpu import _lib, _num_threads
 
 pytestmark = pytest.mark.skipif(not _ext.has_kernel("CPU"), reason=f"fused CPU kernel not built: {_ext.EXT_ERROR}")

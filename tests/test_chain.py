@@ -1,6 +1,7 @@
 """The fused chain of IGC layers (igc_kernels::igc_conv_chain, igc_conv_chain, chained_forward):
 the layers applied one after another, against the float64 reference and, bitwise, against the
-fused op run layer by layer (the chain runs the same kernels on the same packed rows)."""
+fused op run layer by layer (the chain runs the same kernels on the same packed rows), with the
+chain's Winograd tiles aligned as the layers' are (the fixture aligned_chain_tiles)."""
 
 import contextlib
 
@@ -14,6 +15,26 @@ from igc_kernels.testing import assert_close_to_reference
 from test_fused_cpu import _lib, _num_threads, isa, winograd  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(not _ext.has_kernel("CPU"), reason=f"fused CPU kernel not built: {_ext.EXT_ERROR}")
+
+
+@contextlib.contextmanager
+def _chain_tiles(staggered: bool):
+    """The fused chains' Winograd tiles staggered (each stage's a row below the next stage's, the
+    default) or aligned at rows 4i in every stage, for a block."""
+    old = _lib().igc_kernels_cpu_set_chain_stagger(int(staggered))
+    try:
+        yield
+    finally:
+        _lib().igc_kernels_cpu_set_chain_stagger(old)
+
+
+@pytest.fixture(autouse=True)
+def aligned_chain_tiles():
+    """Aligned tiles for the bitwise comparisons with the layers run one by one (whose tiles start
+    at rows 4i): staggered tiles round differently; test_chain_stagger.py checks them against the
+    layers run with the chain's leads."""
+    with _chain_tiles(False):
+        yield
 
 
 def _fused_runs() -> int:
@@ -266,14 +287,16 @@ def test_chained_forward_compiles():
 
 
 def test_auto_chain_length():
-    """Chains of three while two layers' rings fit the budget, of two while one does, else one."""
+    """Chains of up to four while their rings fit the budget (four: three layers' rings), else
+    shorter, down to one."""
     from igc_kernels.nn import chain
 
-    assert chain.auto_chain_length(96, 256) == 3
-    assert chain.auto_chain_length(96, 512) == 3
+    assert chain.auto_chain_length(96, 256) == 4
+    assert chain.auto_chain_length(96, 512) == 4
+    assert chain.auto_chain_length(96, 1280) == 3
     assert chain.auto_chain_length(96, 1920) == 2
     assert chain.auto_chain_length(96, 3840) == 1
-    assert chain.auto_chain_length(96, 1920, element_size=2) == 3
+    assert chain.auto_chain_length(96, 1920, element_size=2) == 4
     lengths = [chain.auto_chain_length(96, w) for w in range(1, 8000, 37)]
     assert lengths == sorted(lengths, reverse=True)
 
@@ -281,7 +304,7 @@ def test_auto_chain_length():
 @pytest.mark.parametrize("budget_rings,runs", [(0, 0), (1, 3), (2, 2), (100, 2)])
 def test_chained_forward_takes_auto_chain_length(monkeypatch, budget_rings, runs):
     """max_chain=None: seven layers in chains of the automatic length (1: no fused run; 2: three
-    runs and a lone layer; 3: two runs and a lone layer), the result unchanged."""
+    runs and a lone layer; 3: two runs and a lone layer; 4: two runs), the result unchanged."""
     from igc_kernels.nn import chain
 
     body = _body().eval()

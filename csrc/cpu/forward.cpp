@@ -11,6 +11,12 @@ namespace igc {
 namespace cpu {
 namespace {
 
+// The tests' switches (see kChainRing): chains with staggered tiles (1, the default) or tiles at
+// rows 4i in every stage; and the lead of the one-layer Winograd forward, whose tiles then start
+// at the rows lead + 4i, as those of a chain's stage with that lead.
+std::atomic<int> g_chain_stagger{1};
+std::atomic<int> g_wino_lead{0};
+
 // The secondary (grouped 1x1 conv) of P pixels: per group m, a rows GEMM from the y1 rows
 // y1src[m * L ..] (secondary order) to the output rows dst[m * L ..] (+ res[m * L ..] when res is
 // not null); b carries the epilogue (P, relu, stream).
@@ -147,7 +153,9 @@ template <typename T, typename S, typename Finish>
 void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const Str& xs, Finish&& finish_segment,
                    bool direct, bool stream, bool join) {
   const IGCConvParams& p = g.p;
-  const int64_t L = p.L, C = p.C_out, tiles = (p.H_out + 3) / 4;
+  // Tile t's output rows: 4t - top .. 4t - top + 3 (top > 0 only with the tests' g_wino_lead).
+  const int64_t top = (4 - g_wino_lead.load(std::memory_order_relaxed) % 4) % 4;
+  const int64_t L = p.L, C = p.C_out, tiles = (p.H_out + top + 3) / 4;
   // A jump to another band's tile costs the packing of two more input rows.
   BandScheduler sched(p.N * tiles, grain_for(4 * p.W_out * C * (g.K1 + L)), 2);
   at::parallel_for(0, sched.bands(), 1, [&](int64_t band0, int64_t band1) {
@@ -166,13 +174,13 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
     std::vector<const S*> res(C);
     std::vector<S*> dst(C);
     auto run_tile = [&](int64_t item, bool) {
-      const int64_t n = item / tiles, t = item % tiles;
-      cache.template prepare<T>(xp, xs, n, t);
+      const int64_t n = item / tiles, t = item % tiles, a = 4 * t - top;
+      cache.template prepare_from<T>(xp, xs, n, a - p.pH);
       wt.new_tile();
-      // Rows 4t + 6 .. 4t + 9 (before padding): the next tile's new rows (wasted if another thread
+      // Rows a + 6 .. a + 9 (before padding): the next tile's new rows (wasted if another thread
       // takes that tile).
       for (int64_t r = 0; r < 4; ++r)
-        next[r].set(prefetch ? xp : nullptr, xs, p.C_in, p.H, p.W, n, t + 1 < tiles ? 4 * t + 6 + r - p.pH : -1, p.sW);
+        next[r].set(prefetch ? xp : nullptr, xs, p.C_in, p.H, p.W, n, t + 1 < tiles ? a + 6 + r - p.pH : -1, p.sW);
       for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
         const int64_t len = std::min(kSegF, p.W_out - p0);
         wt.segment(
@@ -187,11 +195,11 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
               if (c + 1 == wt.grows)
                 for (int64_t r = wt.grows; r < 4; ++r) next[r].fetch(p0, len, l, L);
             });
-        if (join && 4 * t + 3 < p.H_out) {
-          finish_segment(n, 4 * t, 0, 4 * p.W_out, wt.y1src.data(), nullptr, res, dst, st);
+        if (join && a >= 0 && a + 3 < p.H_out) {
+          finish_segment(n, a, 0, 4 * p.W_out, wt.y1src.data(), nullptr, res, dst, st);
         } else {
-          for (int64_t r = 0; r < 4 && 4 * t + r < p.H_out; ++r)
-            finish_segment(n, 4 * t + r, p0, len, wt.y1src.data() + r * C, nullptr, res, dst, st);
+          for (int64_t r = std::max<int64_t>(0, -a); r < 4 && a + r < p.H_out; ++r)
+            finish_segment(n, a + r, p0, len, wt.y1src.data() + r * C, nullptr, res, dst, st);
         }
       }
     };
@@ -473,9 +481,11 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
 // from chain to chain as padded packed rows, which the next chain's first layer reads in place
 // instead of copying them into its cache, measured no faster: IGC-VDSR at 256x256 1.00x on a
 // Zen 3; the copy's time moves to the loads of the first transform.) Every value is computed as
-// the layer-by-layer forward computes it (the same kernels on the same packed rows), so the
-// result is bitwise that of running the layers one by one. A thread's band recomputes a few
-// tiles of the earlier layers at its top edge (the rows its first tiles read of the previous band).
+// the layer-by-layer forward computes it (the same kernels on the same packed rows, with the
+// tiles starting at the same rows: see the staggered tiles below), so the result is bitwise that
+// of running the layers one by one with those tiles, whatever the threads. A thread's band
+// recomputes a few tiles of the earlier layers at its top edge (the rows its first tiles read of
+// the previous band).
 // For layers that chain_applies() to; the caller runs the others layer by layer.
 // Row bands rather than column strips: one strip per thread, all threads going down the image
 // together on shared rings (no tile computed twice, and a thread's part of each ring row a strip),
@@ -483,9 +493,20 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
 // to 25 rows, alternating in one process): a strip's tiles wait on its neighbours' (it reads one
 // of their columns), and the threads waited some 10,000 times per call. Bands finish within about
 // 0.3 ms of each other there (of 16 ms), and the recomputed tiles are 3 of 192.
-// The ring of a layer's output rows: a consumer's tile reads rows 4t - 1 .. 4t + 4, written by the
-// producer's tiles t - 1 .. t + 1, and the producer runs a tile ahead (rows up to 4t + 7): nine rows.
-constexpr int64_t kChainRing = 9;
+// Staggered tiles: stage s's tiles start a row below stage s + 1's (its lead is one more), so a
+// consumer's tile, rows a .. a + 3, reads rows a - 1 .. a + 4 of its producer, whose latest tile
+// ended at a + 4. The ring of a layer's output rows then holds the six rows a tile reads, and the
+// consumer reads the four rows the producer has just written. With tiles aligned across stages
+// (kChainRingAligned, the tests' switch g_chain_stagger) the producer runs a tile ahead, rows up to
+// a + 7, and the ring holds nine. IGC-VDSR inference at 256x256 ran 0.952-0.981x the time of
+// aligned tiles (chains of three; medians of per-round ratios, 30-40 rounds alternating in one
+// process, five runs; Zen 3, 2 threads; the most where other tenants load the L3), and the smaller
+// rings made chains of four pay (igc_kernels/nn/chain.py). The tiles of a stage with a lead start
+// above the image: their rows outside it are neither finished nor stored. Winograd tiles that
+// start at other rows round differently, so the chain equals its layers run one by one with
+// the same leads (g_wino_lead), and not bitwise those run with tiles at rows 4i.
+constexpr int64_t kChainRing = 6;
+constexpr int64_t kChainRingAligned = 9;
 // A ring row's pixels start at this column of each channel's row (an aligned vector: the rows
 // GEMM's stores into it are whole vectors), and its packed input row at kChainCol - pW.
 constexpr int64_t kChainCol = kLanes;
@@ -555,7 +576,7 @@ ChainScratch<S>& chain_scratch() {
 }
 
 // A dense head runs row by row, each row just before the first layer's tile that reads it first:
-// rows 4t - 1 .. 4t + 4 for tile t, so six rows (slot iy % kHeadRows) hold all a tile reads.
+// rows a - 1 .. a + 4 for the tile at row a, so six rows (slot iy % kHeadRows) hold all a tile reads.
 constexpr int64_t kHeadRows = 6;
 
 // The chain with its optional dense ends. The stages are the IGC layers gs, then the tail (if
@@ -566,7 +587,8 @@ constexpr int64_t kHeadRows = 6;
 // activation from memory (and the head write one): IGC-VDSR inference ran 0.959x the time of the
 // chains with head and tail on their own at 256x256 (quartiles 0.925-0.996), 0.949x at 512x512,
 // 0.992x at 36x36 (Zen 3, 2 threads, alternating in one process). Head and tail as stages of their own,
-// each a tile ahead into a ring of nine rows like a layer's, measured 0.974x: their rings cost more.
+// each a tile ahead into a ring of nine rows like a layer's then (aligned tiles), measured 0.974x:
+// their rings cost more.
 template <typename S>
 Tensor chain_forward(const std::vector<Layer<S>>& gs, const Layer<S>* head, const Layer<S>* tail, const Tensor& x,
                      const Tensor* residual) {
@@ -584,8 +606,16 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Layer<S>* head, cons
   const Str rs = residual ? strides_of(*residual) : Str{0, 0, 0, 0};
   const int64_t L = p.L, C = p.C_out, tiles = (p.H_out + 3) / 4, slot = g0.slot, Wp = g0.Wp;
   const bool stream = out.nbytes() >= stream_bytes_checked() && os.c % kLanes == 0 && p.W_out % kLanes == 0;
-  // Ring rows: kChainRing per layer but the last, kHeadRows for the head, 4 before the tail.
-  const int64_t head_ring = (NL - 1) * kChainRing, tail_rows = head_ring + (head ? kHeadRows : 0);
+  // Stage s's tiles start at the rows lead[s] + 4i (any integer i; see kChainRing), and a ring
+  // holds RR rows.
+  const bool stagger = g_chain_stagger.load(std::memory_order_relaxed) != 0;
+  const int64_t RR = stagger ? kChainRing : kChainRingAligned;
+  std::vector<int64_t> lead(NS);
+  for (int64_t s = 0; s < NS; ++s) lead[s] = stagger ? NS - 1 - s : 0;
+  // The first row of stage s's tile that holds row `row` (>= 0).
+  auto tile_of = [&](int64_t s, int64_t row) { return lead[s] + 4 * ((row - lead[s] + 4 * NS) / 4 - NS); };
+  // Ring rows: RR per layer but the last, kHeadRows for the head, 4 before the tail.
+  const int64_t head_ring = (NL - 1) * RR, tail_rows = head_ring + (head ? kHeadRows : 0);
   const int64_t ring_rows = tail_rows + (tail ? 4 : 0);
   // A band's first tile recomputes the earlier stages' tiles above it (NS - 1 - s of stage s):
   // a band is split only where that stays small against the tiles it moves.
@@ -595,16 +625,15 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Layer<S>* head, cons
     RowCache<S> cache(head ? *head : g0, kern, 0, /*wino_tiles=*/head == nullptr);
     cache.deferred = !head && pack_in_parts(p, xs);
     WinoTile<S> wt(g0, kern, /*join=*/false);
-    // Row iy of layer k < NL - 1, as layer k + 1's packed input row: ring row k * kChainRing +
-    // iy % kChainRing (+ a vector: the last ring row's packed row starts kChainCol - pW into its slot).
+    // Row iy of layer k < NL - 1, as layer k + 1's packed input row: ring row k * RR + iy % RR
+    // (+ a vector: the last ring row's packed row starts kChainCol - pW into its slot).
     ChainScratch<S>& scratch = chain_scratch<S>();
     scratch.prepare(ring_rows * slot + kLanes, slot, Wp, p.W);
     S* const ring = scratch.ring.data();
     const S* const zero = scratch.zero.data();
     auto ring_at = [&](int64_t r) { return ring + r * slot; };
-    auto ring_row = [&](int64_t k, int64_t iy) { return ring_at(k * kChainRing + iy % kChainRing); };
-    std::vector<int64_t> done(NS, -1), low(NS, 0);
-    std::vector<char> started(NS, 0);
+    auto ring_row = [&](int64_t k, int64_t iy) { return ring_at(k * RR + iy % RR); };
+    std::vector<int64_t> next(NS, 0);  // the first row of each stage's next tile
     std::vector<const S*> rows(6);
     std::vector<S*> dst(C);
     // The head's rows: image row n * H + iy in ring row head_ring + iy % kHeadRows (head_row_of).
@@ -634,8 +663,8 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Layer<S>* head, cons
       }
       return row + kChainCol - p.pW;
     };
-    // The tail: the parts of the last layer's row iy in parts slot iy % kChainRing (a tail tile
-    // reads rows 4t - 1 .. 4t + 4 while the last layer is a tile ahead), made as the row is done.
+    // The tail: the parts of the last layer's row iy in parts slot iy % RR (the tail's tile at
+    // row a reads rows a - 1 .. a + 4), made as the row is done.
     std::unique_ptr<FewOutputRows<S>> few;
     std::vector<const S*> ttaps(tail ? tail->p.C_in * 3 : 0);
     std::vector<S*> trows(3);
@@ -644,31 +673,31 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Layer<S>* head, cons
         for (int64_t kw = 0; kw < 3; ++kw) ttaps[c * 3 + kw] = packed + c * Wp + kw;
     };
     if (tail) {
-      few.reset(new FewOutputRows<S>(*tail, kern, kChainRing, rp != nullptr, tail->p.activation == kActRelu, stream));
+      few.reset(new FewOutputRows<S>(*tail, kern, RR, rp != nullptr, tail->p.activation == kActRelu, stream));
       tail_taps(zero + kChainCol - p.pW);
       few->input_row(ttaps.data(), few->zero_parts());
     }
-    auto parts_of = [&](int64_t iy) { return iy < 0 || iy >= p.H ? few->zero_parts() : few->set(iy % kChainRing); };
-    // Tile t of the tail of image n: output rows 4t .. 4t + 3 (as few_outputs_by_input_rows).
-    auto run_tail = [&](int64_t n, int64_t t) {
-      for (int64_t oy = 4 * t; oy < std::min(4 * t + 4, p.H_out); ++oy) {
+    auto parts_of = [&](int64_t iy) { return iy < 0 || iy >= p.H ? few->zero_parts() : few->set(iy % RR); };
+    // The tail's tile at row a of image n: output rows a .. a + 3 (as few_outputs_by_input_rows).
+    auto run_tail = [&](int64_t n, int64_t a) {
+      for (int64_t oy = std::max<int64_t>(a, 0); oy < std::min(a + 4, p.H_out); ++oy) {
         for (int64_t kh = 0; kh < 3; ++kh) trows[kh] = parts_of(oy - 1 + kh);
         for (int64_t oc = 0; oc < C_out; ++oc)
           few->output_channel(trows.data(), oc, op + n * os.n + oc * os.c + oy * os.h,
                               rp ? rp + n * rs.n + oc * rs.c + oy * rs.h : nullptr);
       }
     };
-    // Tile t of stage s of image n, its input rows ready.
-    auto run = [&](int64_t s, int64_t n, int64_t t) {
-      if (s == NL) return run_tail(n, t);
+    // The tile at row a of stage s of image n, its input rows ready.
+    auto run = [&](int64_t s, int64_t n, int64_t a) {
+      if (s == NL) return run_tail(n, a);
       const Layer<S>& g = gs[s];
       const S* const* in = rows.data();
       if (s == 0 && !head) {
-        cache.template prepare<S>(xp, xs, n, t);
+        cache.template prepare_from<S>(xp, xs, n, a - p.pH);
         in = cache.rows.data();
       } else {
         for (int64_t r = 0; r < 6; ++r) {
-          const int64_t iy = 4 * t + r - p.pH;
+          const int64_t iy = a + r - p.pH;
           rows[r] = iy < 0 || iy >= p.H ? zero : s == 0 ? head_row(n, iy) : ring_row(s - 1, iy) + kChainCol - p.pW;
         }
       }
@@ -686,8 +715,9 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Layer<S>* head, cons
             },
             [](int64_t, int64_t) {});
         b.P = len;
-        for (int64_t r = 0; r < 4 && 4 * t + r < p.H_out; ++r) {
-          const int64_t oy = 4 * t + r;
+        for (int64_t r = 0; r < 4; ++r) {
+          const int64_t oy = a + r;
+          if (oy < 0 || oy >= p.H_out) continue;
           if (last && !tail) {
             for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = op + n * os.n + oc * os.c + oy * os.h + p0;
           } else {
@@ -698,36 +728,35 @@ Tensor chain_forward(const std::vector<Layer<S>>& gs, const Layer<S>* head, cons
         }
       }
       if (last && tail) {
-        for (int64_t r = 0; r < 4 && 4 * t + r < p.H_out; ++r) {
+        for (int64_t r = 0; r < 4; ++r) {
+          if (a + r < 0 || a + r >= p.H_out) continue;
           tail_taps(ring_at(tail_rows + r) + kChainCol - p.pW);
-          few->input_row(ttaps.data(), parts_of(4 * t + r));
+          few->input_row(ttaps.data(), parts_of(a + r));
         }
       }
     };
-    // Stage s's tiles through t of image n done, each earlier stage's a tile further (the rows
-    // below a tile's own that its taps read).
-    auto ensure = [&](auto& self, int64_t s, int64_t n, int64_t t) -> void {
-      t = std::min(t, tiles - 1);
-      if (started[s] && done[s] >= t) return;
-      for (int64_t tt = started[s] ? done[s] + 1 : low[s]; tt <= t; ++tt) {
-        if (s > 0) self(self, s - 1, n, tt + 1);
-        run(s, n, tt);
-        started[s] = 1;
-        done[s] = tt;
+    // Stage s's rows through `last` of image n done, each tile's input rows before it (the previous
+    // stage's rows through four below the tile's first).
+    auto ensure = [&](auto& self, int64_t s, int64_t n, int64_t last) -> void {
+      last = std::min(last, p.H_out - 1);
+      for (; next[s] <= last; next[s] += 4) {
+        if (s > 0) self(self, s - 1, n, next[s] + 4);
+        run(s, n, next[s]);
       }
     };
     int64_t cur = -1;
     for (int64_t b = band0; b < band1; ++b)
       sched.work(b, [&](int64_t item, bool jumped) {
         const int64_t n = item / tiles, t = item % tiles;
-        if (jumped || n != cur) {  // a band's first tile in this image: each earlier stage starts a tile higher
+        if (jumped || n != cur) {  // a band's first tile in this image: each earlier stage starts higher
           cur = n;
-          for (int64_t s = 0; s < NS; ++s) {
-            started[s] = 0;
-            low[s] = std::max<int64_t>(0, t - (NS - 1 - s));
+          int64_t need = 4 * t;  // the first row stage s must produce
+          for (int64_t s = NS - 1; s >= 0; --s) {
+            next[s] = tile_of(s, std::max<int64_t>(need, 0));
+            need = next[s] - 1;
           }
         }
-        ensure(ensure, NS - 1, n, t);
+        ensure(ensure, NS - 1, n, 4 * t + 3);
       });
     scratch.trim();
     if (stream) kern.store_fence();
@@ -802,6 +831,15 @@ extern "C" __attribute__((visibility("default"))) int igc_kernels_cpu_set_band_s
 
 // How many igc_conv_chain calls ran fused (the others ran layer by layer): the tests' check that
 // the cases they mean to fuse are fused.
+// The tests' switches of the Winograd tiles (forward.cpp, kChainRing): staggered tiles in the
+// fused chains (on by default), and the lead of the one-layer forward's tiles (0 by default);
+// each returns the old setting.
+extern "C" __attribute__((visibility("default"))) int igc_kernels_cpu_set_chain_stagger(int on) {
+  return igc::cpu::g_chain_stagger.exchange(on ? 1 : 0);
+}
+extern "C" __attribute__((visibility("default"))) int igc_kernels_cpu_set_wino_lead(int lead) {
+  return igc::cpu::g_wino_lead.exchange(lead < 0 ? 0 : lead);
+}
 extern "C" __attribute__((visibility("default"))) int64_t igc_kernels_cpu_chain_runs(void) {
   return igc::cpu::g_chain_runs.load(std::memory_order_relaxed);
 }

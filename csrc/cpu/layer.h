@@ -402,6 +402,13 @@ struct RowCache {
   // The input rows of output row oy (with wino_tiles: of the tile of output rows 4 oy .. 4 oy + 3).
   template <typename T>
   void prepare(const T* x, const Str& xs, int64_t n, int64_t oy) {
+    prepare_from(x, xs, n, oy * sH - g.p.pH);
+  }
+
+  // The same for the kernel rows iy0, iy0 + dH, ... (input rows before padding; those outside the
+  // image read zeros): with wino_tiles, a tile of four output rows that starts at any row.
+  template <typename T>
+  void prepare_from(const T* x, const Str& xs, int64_t n, int64_t iy0) {
     const IGCConvParams& p = g.p;
     ++calls;
     fresh.clear();
@@ -411,7 +418,7 @@ struct RowCache {
     std::fill(slot_of.begin(), slot_of.end(), -1);
     std::fill(used.begin(), used.end(), 0);
     for (int64_t kh = 0; kh < kH; ++kh) {
-      const int64_t iy = oy * sH - p.pH + kh * dH;
+      const int64_t iy = iy0 + kh * dH;
       want[kh] = iy >= 0 && iy < p.H ? n * p.H + iy : -1;
       for (int64_t s = 0; s < slots; ++s)
         if (tag[s] == want[kh]) {

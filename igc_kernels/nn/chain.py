@@ -12,20 +12,18 @@ from .fused_conv import FusedConv2d
 from .igc_conv2d import IGCConv2d
 
 # How many layers a fused chain takes (max_chain=None). Each layer of a chain but the last keeps
-# its output in a ring of nine rows of all channels (csrc/cpu/forward.cpp, kChainRing), and a chain
-# pays only while its rings stay in the caches: chains of three where the rings of two layers fit
-# in 7 MiB, of two where one layer's does, else layer by layer. Measured with 2 threads, each
-# chain length alternating with the others in one process (medians of the per-round ratios):
-#   Zen 3 (512 KiB L2 per core, 32 MiB L3): IGC-VDSR inference at 256x256 took 0.94-0.98x the
-#   time of chains of two in chains of three (three runs; chains of six 1.08x, of one 1.21x), at
-#   128x512 0.95x, at 64x1920 1.04x (chains of one: 1.00x); on 16x1x36x36 0.95x.
-#   Intel Xeon (2 MiB L2 per core; four processes alternating): at 256x256 72.6-77.3 ms in chains
-#   of three, 73.1-76.8 in chains of two, 79.8-83.4 layer by layer, and chains of six to eighteen
-#   slower still; six body layers on 1x96x64x1920 52.1 ms in chains of two, 57.1 in chains of
-#   three, 56.4 layer by layer.
-RING_ROWS = 9
+# its output in a ring of six rows of all channels (csrc/cpu/forward.cpp, kChainRing), and a chain
+# pays only while its rings stay in the caches: chains of up to four while the rings fit in
+# 7 MiB, else shorter. Measured with 2 threads, each chain length alternating with the others in
+# one process (medians of the per-round ratios), on a Zen 3 (512 KiB L2 per core, 32 MiB L3):
+#   IGC-VDSR inference at 256x256 took 0.972x the time of chains of three in chains of four
+#   (quartiles 0.956-0.995; chains of six 1.009x), at 512x512 0.980x (six: 0.984x); at 64x1920,
+#   where a ring takes 4.5 MiB, chains of two took 0.910x the time of chains of one, of three
+#   0.966x, of four 1.012x.
+# Before the tiles were staggered (rings of nine rows) chains of three were the best at 256x256.
+RING_ROWS = 6
 RING_BUDGET_BYTES = 7 << 20
-MAX_AUTO_CHAIN = 3
+MAX_AUTO_CHAIN = 4
 
 
 def auto_chain_length(channels: int, width: int, element_size: int = 4) -> int:

@@ -170,8 +170,10 @@ def igc_conv_chain(
 
     For inference: where no gradient is needed and the chain runs on the fused CPU kernel, the
     layers run as one op (``igc_kernels::igc_conv_chain``) that keeps the activations between them
-    in the caches, bitwise equal to the layer-by-layer result; otherwise (autograd, other
-    backends, autocast) layer by layer.
+    in the caches; otherwise (autograd, other backends, autocast) layer by layer. The fused op
+    starts each layer's Winograd row tiles a row lower than the next layer's (so a layer reads the
+    rows the layer before it has just written), which rounds differently from the layers run one
+    by one: the two agree to float32 rounding (about 1e-6 relative), not bitwise.
 
     Example::
 
