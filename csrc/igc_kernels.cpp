@@ -23,10 +23,12 @@ TORCH_LIBRARY(igc_kernels, m) {
   // Optional ends, dense convs (groups 1) with the layers' stride, padding and dilation, each run
   // as FusedConv2d runs it (igc_conv with the identity secondary, no shuffle): a head applied to x
   // before the first layer, and a tail applied after the last, with the residual added before its
-  // activation (VDSR's first and last convs and its global residual).
+  // activation (VDSR's first and last convs and its global residual). chain_length > 0: the backend
+  // may fuse the layers in chains of that many (the CPU runs them all in one parallel region).
   m.def(
       "igc_conv_chain(Tensor x, Tensor[] w1, Tensor?[] b1, Tensor[] w2, Tensor?[] b2, int groups, "
       "int[2] stride, int[2] padding, int[2] dilation, bool shuffle, int activation, "
       "Tensor? head_weight=None, Tensor? head_bias=None, int head_activation=0, "
-      "Tensor? tail_weight=None, Tensor? tail_bias=None, int tail_activation=0, Tensor? residual=None) -> Tensor");
+      "Tensor? tail_weight=None, Tensor? tail_bias=None, int tail_activation=0, Tensor? residual=None, "
+      "int chain_length=0) -> Tensor");
 }

@@ -301,10 +301,11 @@ def test_auto_chain_length():
     assert lengths == sorted(lengths, reverse=True)
 
 
-@pytest.mark.parametrize("budget_rings,runs", [(0, 0), (1, 3), (2, 2), (100, 2)])
+@pytest.mark.parametrize("budget_rings,runs", [(0, 0), (1, 4), (2, 3), (100, 2)])
 def test_chained_forward_takes_auto_chain_length(monkeypatch, budget_rings, runs):
-    """max_chain=None: seven layers in chains of the automatic length (1: no fused run; 2: three
-    runs and a lone layer; 3: two runs and a lone layer; 4: two runs), the result unchanged."""
+    """max_chain=None: seven layers in fused chains of the automatic length, all in one op (1: the
+    modules one by one; 2: chains of 2, 2, 2 and 1; 3: of 3, 3 and 1; 4: of 4 and 3), the result
+    unchanged."""
     from igc_kernels.nn import chain
 
     body = _body().eval()

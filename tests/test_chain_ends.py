@@ -227,7 +227,7 @@ def _sequential(net, x, residual):
     return net[-1](h, residual=residual)
 
 
-@pytest.mark.parametrize("max_chain,runs", [(None, 1), (2, 2), (3, 2), (1, 2), (4, 1)])  # (None, 4: one chain)
+@pytest.mark.parametrize("max_chain,runs", [(None, 1), (2, 2), (3, 2), (1, 4), (4, 1)])  # (None, 4: one chain)
 def test_chained_forward_joins_head_and_tail(max_chain, runs):
     """The FusedConv2d before and after a run join its first and last chains (a chain of one
     layer with an end is fused too), and the residual goes to the tail: as the modules compute."""

@@ -1,6 +1,7 @@
 // The forward of the fused CPU op (igc_kernels::igc_conv): see layer.h for the scheme.
 #include <algorithm>
 #include <atomic>
+#include <thread>
 #include <memory>
 #include <vector>
 
@@ -589,190 +590,328 @@ constexpr int64_t kHeadRows = 6;
 // 0.992x at 36x36 (Zen 3, 2 threads, alternating in one process). Head and tail as stages of their own,
 // each a tile ahead into a ring of nine rows like a layer's then (aligned tiles), measured 0.974x:
 // their rings cost more.
+// Which rows of a chain's output are written, per image row n * H + oy: how chains that run in one
+// parallel region (chains_forward) hand their rows to the next chain. A thread waits only for
+// the rows its tile reads, which another thread wrote at the start of its band or long before.
+class RowsDone {
+ public:
+  RowsDone(int64_t N, int64_t H) : done_(new std::atomic<int>[N * H]()), H_(H) {}
+  void set(int64_t n, int64_t oy) { done_[n * H_ + oy].store(1, std::memory_order_release); }
+  void wait(int64_t n, int64_t oy) const {
+    for (int64_t spins = 0; !done_[n * H_ + oy].load(std::memory_order_acquire); ++spins) {
+      if (spins < 4096) {
+        cpu_relax();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  static void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  std::unique_ptr<std::atomic<int>[]> done_;
+  const int64_t H_;
+};
+
+// One chain: its IGC layers gs[0 .. NL), then the tail (if any), from x into out; run_bands is
+// what each thread runs (its bands of the last stage's row tiles, then those it steals).
+// wait_in: the rows of x that another chain of the same parallel region writes (null: x is
+// whole); done_out: where this chain marks its rows of out as written (null: nobody waits).
 template <typename S>
-Tensor chain_forward(const std::vector<Layer<S>>& gs, const Layer<S>* head, const Layer<S>* tail, const Tensor& x,
+struct ChainRun {
+  const Layer<S>* const gs;
+  const int64_t NL, NS;
+  const Layer<S>* const head;
+  const Layer<S>* const tail;
+  const Layer<S>& g0;  // the geometry of the rings' rows: the IGC layers' packed input rows
+  const IGCConvParams& p;
+  const Tensor x, out, residual;  // residual undefined: none
+  const Kernels<S>& kern;
+  const int64_t L, C, tiles, slot, Wp;
+  bool stream = false;
+  int64_t RR = 0, head_ring = 0, tail_rows = 0, ring_rows = 0;
+  std::vector<int64_t> lead;
+  std::unique_ptr<BandScheduler> sched;
+  const RowsDone* wait_in = nullptr;
+  RowsDone* done_out = nullptr;
+
+  ChainRun(const Layer<S>* gs_, int64_t nl, const Layer<S>* head_, const Layer<S>* tail_, const Tensor& x_,
+           const Tensor* residual_, const Tensor& out_)
+      : gs(gs_),
+        NL(nl),
+        NS(nl + (tail_ ? 1 : 0)),
+        head(head_),
+        tail(tail_),
+        g0(gs_[0]),
+        p(g0.p),
+        x(x_),
+        out(out_),
+        residual(residual_ ? *residual_ : Tensor()),
+        kern(kernels<S>()),
+        L(p.L),
+        C(p.C_out),
+        tiles((p.H_out + 3) / 4),
+        slot(g0.slot),
+        Wp(g0.Wp) {
+    const Str os = strides_of(out);
+    stream = out.nbytes() >= stream_bytes_checked() && os.c % kLanes == 0 && p.W_out % kLanes == 0;
+    // Stage s's tiles start at the rows lead[s] + 4i (any integer i; see kChainRing), and a ring
+    // holds RR rows.
+    const bool stagger = g_chain_stagger.load(std::memory_order_relaxed) != 0;
+    RR = stagger ? kChainRing : kChainRingAligned;
+    lead.resize(NS);
+    for (int64_t s = 0; s < NS; ++s) lead[s] = stagger ? NS - 1 - s : 0;
+    // Ring rows: RR per layer but the last, kHeadRows for the head, 4 before the tail.
+    head_ring = (NL - 1) * RR;
+    tail_rows = head_ring + (head ? kHeadRows : 0);
+    ring_rows = tail_rows + (tail ? 4 : 0);
+    // A band's first tile recomputes the earlier stages' tiles above it (NS - 1 - s of stage s):
+    // a band is split only where that stays small against the tiles it moves.
+    sched.reset(new BandScheduler(p.N * tiles, grain_for(4 * p.W_out * C * (g0.K1 + L) * NL), 2 * NS));
+  }
+  int64_t bands() const { return sched->bands(); }
+  // The first row of stage s's tile that holds row `row` (>= 0).
+  int64_t tile_of(int64_t s, int64_t row) const { return lead[s] + 4 * ((row - lead[s] + 4 * NS) / 4 - NS); }
+
+  void run_bands(int64_t band0, int64_t band1) {
+    if (band0 >= band1) return;
+    const S* xp = x.data_ptr<S>();
+    const Str xs = strides_of(x), os = strides_of(out);
+    S* const op = out.data_ptr<S>();
+    const S* const rp = residual.defined() ? residual.data_ptr<S>() : nullptr;
+    const Str rs = residual.defined() ? strides_of(residual) : Str{0, 0, 0, 0};
+    const int64_t C_out = out.size(1);
+    BandScheduler& sched = *this->sched;
+  // x's rows: packed for the head's rows (three per row) or for the first layer's tiles.
+  RowCache<S> cache(head ? *head : g0, kern, 0, /*wino_tiles=*/head == nullptr);
+  cache.deferred = !head && pack_in_parts(p, xs);
+  WinoTile<S> wt(g0, kern, /*join=*/false);
+  // Row iy of layer k < NL - 1, as layer k + 1's packed input row: ring row k * RR + iy % RR
+  // (+ a vector: the last ring row's packed row starts kChainCol - pW into its slot).
+  ChainScratch<S>& scratch = chain_scratch<S>();
+  scratch.prepare(ring_rows * slot + kLanes, slot, Wp, p.W);
+  S* const ring = scratch.ring.data();
+  const S* const zero = scratch.zero.data();
+  auto ring_at = [&](int64_t r) { return ring + r * slot; };
+  auto ring_row = [&](int64_t k, int64_t iy) { return ring_at(k * RR + iy % RR); };
+  std::vector<int64_t> next(NS, 0);  // the first row of each stage's next tile
+  std::vector<const S*> rows(6);
+  std::vector<S*> dst(C);
+  // The head's rows: image row n * H + iy in ring row head_ring + iy % kHeadRows (head_row_of).
+  std::vector<int64_t> head_row_of(kHeadRows, -1);
+  RowsArgs<S> hb;  // one segment of a head row: the row-by-row forward's L == 1 GEMM
+  if (head) {
+    hb.MB = head->p.M;
+    hb.K = head->K1;
+    hb.ldw = head->p.M;
+    hb.w = head->w1f.data();
+    hb.bias = head->bf.data();
+    hb.src = cache.src.data();
+    hb.dst = dst.data();
+    hb.relu = head->p.activation == kActRelu;
+  }
+  auto head_row = [&](int64_t n, int64_t iy) -> const S* {
+    S* const row = ring_at(head_ring + iy % kHeadRows);
+    if (head_row_of[iy % kHeadRows] != n * p.H + iy) {
+      cache.template prepare<S>(xp, xs, n, iy);
+      for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
+        for (int64_t oc = 0; oc < C; ++oc) dst[head->c2_of_oc[oc]] = row + kChainCol + p0 + oc * Wp;
+        hb.P = std::min(kSegF, p.W_out - p0);
+        hb.soff = p0;
+        kern.rows(hb);
+      }
+      head_row_of[iy % kHeadRows] = n * p.H + iy;
+    }
+    return row + kChainCol - p.pW;
+  };
+  // The tail: the parts of the last layer's row iy in parts slot iy % RR (the tail's tile at
+  // row a reads rows a - 1 .. a + 4), made as the row is done.
+  std::unique_ptr<FewOutputRows<S>> few;
+  std::vector<const S*> ttaps(tail ? tail->p.C_in * 3 : 0);
+  std::vector<S*> trows(3);
+  auto tail_taps = [&](const S* packed) {
+    for (int64_t c = 0; c < tail->p.C_in; ++c)
+      for (int64_t kw = 0; kw < 3; ++kw) ttaps[c * 3 + kw] = packed + c * Wp + kw;
+  };
+  if (tail) {
+    few.reset(new FewOutputRows<S>(*tail, kern, RR, rp != nullptr, tail->p.activation == kActRelu, stream));
+    tail_taps(zero + kChainCol - p.pW);
+    few->input_row(ttaps.data(), few->zero_parts());
+  }
+  auto parts_of = [&](int64_t iy) { return iy < 0 || iy >= p.H ? few->zero_parts() : few->set(iy % RR); };
+  // The tail's tile at row a of image n: output rows a .. a + 3 (as few_outputs_by_input_rows).
+  auto run_tail = [&](int64_t n, int64_t a) {
+    for (int64_t oy = std::max<int64_t>(a, 0); oy < std::min(a + 4, p.H_out); ++oy) {
+      for (int64_t kh = 0; kh < 3; ++kh) trows[kh] = parts_of(oy - 1 + kh);
+      for (int64_t oc = 0; oc < C_out; ++oc)
+        few->output_channel(trows.data(), oc, op + n * os.n + oc * os.c + oy * os.h,
+                            rp ? rp + n * rs.n + oc * rs.c + oy * rs.h : nullptr);
+      if (done_out) {
+        if (stream) kern.store_fence();
+        done_out->set(n, oy);
+      }
+    }
+  };
+  // The tile at row a of stage s of image n, its input rows ready.
+  auto run = [&](int64_t s, int64_t n, int64_t a) {
+    if (s == NL) return run_tail(n, a);
+    const Layer<S>& g = gs[s];
+    const S* const* in = rows.data();
+    if (s == 0 && !head) {
+      if (wait_in)  // the previous chain's rows this tile reads
+        for (int64_t iy = std::max<int64_t>(0, a - p.pH); iy < std::min(p.H, a - p.pH + 6); ++iy) wait_in->wait(n, iy);
+      cache.template prepare_from<S>(xp, xs, n, a - p.pH);
+      in = cache.rows.data();
+    } else {
+      for (int64_t r = 0; r < 6; ++r) {
+        const int64_t iy = a + r - p.pH;
+        rows[r] = iy < 0 || iy >= p.H ? zero : s == 0 ? head_row(n, iy) : ring_row(s - 1, iy) + kChainCol - p.pW;
+      }
+    }
+    const bool last = s == NL - 1;
+    wt.new_tile();
+    RowsArgs<S> b;  // the epilogue of the secondary
+    b.relu = g.p.activation == kActRelu;
+    b.stream = last && !tail && stream;
+    for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
+      const int64_t len = std::min(kSegF, p.W_out - p0);
+      wt.segment(
+          g, in, p0, len,
+          [&](int64_t l) {
+            if (s == 0 && p0 == 0 && cache.deferred) cache.template pack<S>(l * p.M_in, (l + 1) * p.M_in);
+          },
+          [](int64_t, int64_t) {});
+      b.P = len;
+      for (int64_t r = 0; r < 4; ++r) {
+        const int64_t oy = a + r;
+        if (oy < 0 || oy >= p.H_out) continue;
+        if (last && !tail) {
+          for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = op + n * os.n + oc * os.c + oy * os.h + p0;
+        } else {
+          S* const orow = (last ? ring_at(tail_rows + r) : ring_row(s, oy)) + kChainCol + p0;
+          for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = orow + oc * Wp;
+        }
+        secondary<S>(g, kern, b, wt.y1src.data() + r * C, dst.data(), nullptr);
+      }
+    }
+    if (last && tail) {
+      for (int64_t r = 0; r < 4; ++r) {
+        if (a + r < 0 || a + r >= p.H_out) continue;
+        tail_taps(ring_at(tail_rows + r) + kChainCol - p.pW);
+        few->input_row(ttaps.data(), parts_of(a + r));
+      }
+    } else if (last && done_out) {
+      if (stream) kern.store_fence();
+      for (int64_t oy = std::max<int64_t>(a, 0); oy < std::min(a + 4, p.H_out); ++oy) done_out->set(n, oy);
+    }
+  };
+  // Stage s's rows through `last` of image n done, each tile's input rows before it (the previous
+  // stage's rows through four below the tile's first).
+  auto ensure = [&](auto& self, int64_t s, int64_t n, int64_t last) -> void {
+    last = std::min(last, p.H_out - 1);
+    for (; next[s] <= last; next[s] += 4) {
+      if (s > 0) self(self, s - 1, n, next[s] + 4);
+      run(s, n, next[s]);
+    }
+  };
+  int64_t cur = -1;
+  for (int64_t b = band0; b < band1; ++b)
+    sched.work(b, [&](int64_t item, bool jumped) {
+      const int64_t n = item / tiles, t = item % tiles;
+      if (jumped || n != cur) {  // a band's first tile in this image: each earlier stage starts higher
+        cur = n;
+        int64_t need = 4 * t;  // the first row stage s must produce
+        for (int64_t s = NS - 1; s >= 0; --s) {
+          next[s] = tile_of(s, std::max<int64_t>(need, 0));
+          need = next[s] - 1;
+        }
+      }
+      ensure(ensure, NS - 1, n, 4 * t + 3);
+    });
+  scratch.trim();
+  if (stream) kern.store_fence();
+  }
+};
+
+// The chain with its optional dense ends (see ChainRun), on the threads of one parallel region.
+template <typename S>
+Tensor chain_forward(const Layer<S>* gs, int64_t NL, const Layer<S>* head, const Layer<S>* tail, const Tensor& x,
                      const Tensor* residual) {
-  const int64_t NL = gs.size(), NS = NL + (tail ? 1 : 0);
-  const Layer<S>& g0 = gs[0];  // the geometry of the rings' rows: the IGC layers' packed input rows
-  const IGCConvParams& p = g0.p;
+  const IGCConvParams& p = gs[0].p;
   const int64_t C_out = tail ? tail->p.C_out : p.C_out;
   Tensor out = empty_output({p.N, C_out, p.H_out, p.W_out}, x.options(), at::MemoryFormat::Contiguous);
   if (out.numel() == 0) return out;
-  const Kernels<S>& kern = kernels<S>();
-  const S* xp = x.data_ptr<S>();
-  const Str xs = strides_of(x), os = strides_of(out);
-  S* const op = out.data_ptr<S>();
-  const S* const rp = residual ? residual->data_ptr<S>() : nullptr;
-  const Str rs = residual ? strides_of(*residual) : Str{0, 0, 0, 0};
-  const int64_t L = p.L, C = p.C_out, tiles = (p.H_out + 3) / 4, slot = g0.slot, Wp = g0.Wp;
-  const bool stream = out.nbytes() >= stream_bytes_checked() && os.c % kLanes == 0 && p.W_out % kLanes == 0;
-  // Stage s's tiles start at the rows lead[s] + 4i (any integer i; see kChainRing), and a ring
-  // holds RR rows.
-  const bool stagger = g_chain_stagger.load(std::memory_order_relaxed) != 0;
-  const int64_t RR = stagger ? kChainRing : kChainRingAligned;
-  std::vector<int64_t> lead(NS);
-  for (int64_t s = 0; s < NS; ++s) lead[s] = stagger ? NS - 1 - s : 0;
-  // The first row of stage s's tile that holds row `row` (>= 0).
-  auto tile_of = [&](int64_t s, int64_t row) { return lead[s] + 4 * ((row - lead[s] + 4 * NS) / 4 - NS); };
-  // Ring rows: RR per layer but the last, kHeadRows for the head, 4 before the tail.
-  const int64_t head_ring = (NL - 1) * RR, tail_rows = head_ring + (head ? kHeadRows : 0);
-  const int64_t ring_rows = tail_rows + (tail ? 4 : 0);
-  // A band's first tile recomputes the earlier stages' tiles above it (NS - 1 - s of stage s):
-  // a band is split only where that stays small against the tiles it moves.
-  BandScheduler sched(p.N * tiles, grain_for(4 * p.W_out * C * (g0.K1 + L) * NL), 2 * NS);
-  at::parallel_for(0, sched.bands(), 1, [&](int64_t band0, int64_t band1) {
-    // x's rows: packed for the head's rows (three per row) or for the first layer's tiles.
-    RowCache<S> cache(head ? *head : g0, kern, 0, /*wino_tiles=*/head == nullptr);
-    cache.deferred = !head && pack_in_parts(p, xs);
-    WinoTile<S> wt(g0, kern, /*join=*/false);
-    // Row iy of layer k < NL - 1, as layer k + 1's packed input row: ring row k * RR + iy % RR
-    // (+ a vector: the last ring row's packed row starts kChainCol - pW into its slot).
-    ChainScratch<S>& scratch = chain_scratch<S>();
-    scratch.prepare(ring_rows * slot + kLanes, slot, Wp, p.W);
-    S* const ring = scratch.ring.data();
-    const S* const zero = scratch.zero.data();
-    auto ring_at = [&](int64_t r) { return ring + r * slot; };
-    auto ring_row = [&](int64_t k, int64_t iy) { return ring_at(k * RR + iy % RR); };
-    std::vector<int64_t> next(NS, 0);  // the first row of each stage's next tile
-    std::vector<const S*> rows(6);
-    std::vector<S*> dst(C);
-    // The head's rows: image row n * H + iy in ring row head_ring + iy % kHeadRows (head_row_of).
-    std::vector<int64_t> head_row_of(kHeadRows, -1);
-    RowsArgs<S> hb;  // one segment of a head row: the row-by-row forward's L == 1 GEMM
-    if (head) {
-      hb.MB = head->p.M;
-      hb.K = head->K1;
-      hb.ldw = head->p.M;
-      hb.w = head->w1f.data();
-      hb.bias = head->bf.data();
-      hb.src = cache.src.data();
-      hb.dst = dst.data();
-      hb.relu = head->p.activation == kActRelu;
-    }
-    auto head_row = [&](int64_t n, int64_t iy) -> const S* {
-      S* const row = ring_at(head_ring + iy % kHeadRows);
-      if (head_row_of[iy % kHeadRows] != n * p.H + iy) {
-        cache.template prepare<S>(xp, xs, n, iy);
-        for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
-          for (int64_t oc = 0; oc < C; ++oc) dst[head->c2_of_oc[oc]] = row + kChainCol + p0 + oc * Wp;
-          hb.P = std::min(kSegF, p.W_out - p0);
-          hb.soff = p0;
-          kern.rows(hb);
-        }
-        head_row_of[iy % kHeadRows] = n * p.H + iy;
-      }
-      return row + kChainCol - p.pW;
-    };
-    // The tail: the parts of the last layer's row iy in parts slot iy % RR (the tail's tile at
-    // row a reads rows a - 1 .. a + 4), made as the row is done.
-    std::unique_ptr<FewOutputRows<S>> few;
-    std::vector<const S*> ttaps(tail ? tail->p.C_in * 3 : 0);
-    std::vector<S*> trows(3);
-    auto tail_taps = [&](const S* packed) {
-      for (int64_t c = 0; c < tail->p.C_in; ++c)
-        for (int64_t kw = 0; kw < 3; ++kw) ttaps[c * 3 + kw] = packed + c * Wp + kw;
-    };
-    if (tail) {
-      few.reset(new FewOutputRows<S>(*tail, kern, RR, rp != nullptr, tail->p.activation == kActRelu, stream));
-      tail_taps(zero + kChainCol - p.pW);
-      few->input_row(ttaps.data(), few->zero_parts());
-    }
-    auto parts_of = [&](int64_t iy) { return iy < 0 || iy >= p.H ? few->zero_parts() : few->set(iy % RR); };
-    // The tail's tile at row a of image n: output rows a .. a + 3 (as few_outputs_by_input_rows).
-    auto run_tail = [&](int64_t n, int64_t a) {
-      for (int64_t oy = std::max<int64_t>(a, 0); oy < std::min(a + 4, p.H_out); ++oy) {
-        for (int64_t kh = 0; kh < 3; ++kh) trows[kh] = parts_of(oy - 1 + kh);
-        for (int64_t oc = 0; oc < C_out; ++oc)
-          few->output_channel(trows.data(), oc, op + n * os.n + oc * os.c + oy * os.h,
-                              rp ? rp + n * rs.n + oc * rs.c + oy * rs.h : nullptr);
-      }
-    };
-    // The tile at row a of stage s of image n, its input rows ready.
-    auto run = [&](int64_t s, int64_t n, int64_t a) {
-      if (s == NL) return run_tail(n, a);
-      const Layer<S>& g = gs[s];
-      const S* const* in = rows.data();
-      if (s == 0 && !head) {
-        cache.template prepare_from<S>(xp, xs, n, a - p.pH);
-        in = cache.rows.data();
-      } else {
-        for (int64_t r = 0; r < 6; ++r) {
-          const int64_t iy = a + r - p.pH;
-          rows[r] = iy < 0 || iy >= p.H ? zero : s == 0 ? head_row(n, iy) : ring_row(s - 1, iy) + kChainCol - p.pW;
-        }
-      }
-      const bool last = s == NL - 1;
-      wt.new_tile();
-      RowsArgs<S> b;  // the epilogue of the secondary
-      b.relu = g.p.activation == kActRelu;
-      b.stream = last && !tail && stream;
-      for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
-        const int64_t len = std::min(kSegF, p.W_out - p0);
-        wt.segment(
-            g, in, p0, len,
-            [&](int64_t l) {
-              if (s == 0 && p0 == 0 && cache.deferred) cache.template pack<S>(l * p.M_in, (l + 1) * p.M_in);
-            },
-            [](int64_t, int64_t) {});
-        b.P = len;
-        for (int64_t r = 0; r < 4; ++r) {
-          const int64_t oy = a + r;
-          if (oy < 0 || oy >= p.H_out) continue;
-          if (last && !tail) {
-            for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = op + n * os.n + oc * os.c + oy * os.h + p0;
-          } else {
-            S* const orow = (last ? ring_at(tail_rows + r) : ring_row(s, oy)) + kChainCol + p0;
-            for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = orow + oc * Wp;
-          }
-          secondary<S>(g, kern, b, wt.y1src.data() + r * C, dst.data(), nullptr);
-        }
-      }
-      if (last && tail) {
-        for (int64_t r = 0; r < 4; ++r) {
-          if (a + r < 0 || a + r >= p.H_out) continue;
-          tail_taps(ring_at(tail_rows + r) + kChainCol - p.pW);
-          few->input_row(ttaps.data(), parts_of(a + r));
-        }
-      }
-    };
-    // Stage s's rows through `last` of image n done, each tile's input rows before it (the previous
-    // stage's rows through four below the tile's first).
-    auto ensure = [&](auto& self, int64_t s, int64_t n, int64_t last) -> void {
-      last = std::min(last, p.H_out - 1);
-      for (; next[s] <= last; next[s] += 4) {
-        if (s > 0) self(self, s - 1, n, next[s] + 4);
-        run(s, n, next[s]);
-      }
-    };
-    int64_t cur = -1;
-    for (int64_t b = band0; b < band1; ++b)
-      sched.work(b, [&](int64_t item, bool jumped) {
-        const int64_t n = item / tiles, t = item % tiles;
-        if (jumped || n != cur) {  // a band's first tile in this image: each earlier stage starts higher
-          cur = n;
-          int64_t need = 4 * t;  // the first row stage s must produce
-          for (int64_t s = NS - 1; s >= 0; --s) {
-            next[s] = tile_of(s, std::max<int64_t>(need, 0));
-            need = next[s] - 1;
-          }
-        }
-        ensure(ensure, NS - 1, n, 4 * t + 3);
-      });
-    scratch.trim();
-    if (stream) kern.store_fence();
-  });
+  ChainRun<S> run(gs, NL, head, tail, x, residual, out);
+  at::parallel_for(0, run.bands(), 1, [&](int64_t band0, int64_t band1) { run.run_bands(band0, band1); });
   return out;
+}
+
+// Intermediate activations of up to this many bytes let chains_forward run all its chains in one
+// parallel region (it keeps them all); more, and the chains run one region each (the tests set
+// it with igc_kernels_cpu_set_chains_keep_bytes to take that path).
+constexpr int64_t kChainsKeepBytes = int64_t(1) << 30;
+std::atomic<int64_t> g_chains_keep_bytes{kChainsKeepBytes};
+
+// The layers gs in chains of `per`, the head with the first, the tail with the last, all in one
+// parallel region: a thread that finishes its part of one chain starts on the next, waiting only
+// for the rows of the previous chain's output that its tiles read (RowsDone), instead of every
+// thread waiting at the end of each chain for the last one to finish its band.
+template <typename S>
+Tensor chains_forward(const std::vector<Layer<S>>& gs, int64_t per, const Layer<S>* head, const Layer<S>* tail,
+                      const Tensor& x, const Tensor* residual) {
+  const int64_t NL = gs.size(), chains = (NL + per - 1) / per;
+  const IGCConvParams& p = gs[0].p;
+  const int64_t between = (chains - 1) * p.N * p.C_out * p.H_out * p.W_out * int64_t(sizeof(S));
+  if (chains == 1 || between > g_chains_keep_bytes.load(std::memory_order_relaxed)) {  // one region per chain
+    Tensor h = x;
+    for (int64_t c = 0; c < chains; ++c) {
+      const int64_t k0 = c * per, k1 = std::min(NL, k0 + per);
+      const bool first = c == 0, last = c + 1 == chains;
+      h = chain_forward<S>(gs.data() + k0, k1 - k0, first ? head : nullptr, last ? tail : nullptr, h,
+                           last ? residual : nullptr);
+    }
+    return h;
+  }
+  std::vector<std::unique_ptr<ChainRun<S>>> runs;
+  std::vector<std::unique_ptr<RowsDone>> done;
+  Tensor h = x;
+  for (int64_t c = 0; c < chains; ++c) {
+    const int64_t k0 = c * per, k1 = std::min(NL, k0 + per);
+    const bool first = c == 0, last = c + 1 == chains;
+    const int64_t C_out = last && tail ? tail->p.C_out : p.C_out;
+    Tensor out = empty_output({p.N, C_out, p.H_out, p.W_out}, x.options(), at::MemoryFormat::Contiguous);
+    runs.emplace_back(new ChainRun<S>(gs.data() + k0, k1 - k0, first ? head : nullptr, last ? tail : nullptr, h,
+                                      last ? residual : nullptr, out));
+    if (!last) {
+      done.emplace_back(new RowsDone(p.N, p.H_out));
+      runs.back()->done_out = done.back().get();
+    }
+    if (!first) runs.back()->wait_in = done[c - 1].get();
+    h = out;
+  }
+  if (h.numel() == 0) return h;
+  int64_t bands = 0;
+  for (const auto& r : runs) bands = std::max(bands, r->bands());
+  at::parallel_for(0, bands, 1, [&](int64_t band0, int64_t band1) {
+    for (const auto& r : runs) r->run_bands(std::min(band0, r->bands()), std::min(band1, r->bands()));
+  });
+  return h;
 }
 
 }  // namespace
 
 // Layer k of ps applied to layer k - 1's output (igc_conv_chain's CPU implementation), after the
-// head and before the tail where given: fused where chain_applies (with the head and the tail
-// where dense_end_applies, else they run on their own), else layer by layer.
+// head and before the tail where given: fused where chain_applies, in chains of chain_length
+// layers (0: all in one; with the head and the tail where dense_end_applies, else they run on
+// their own), else layer by layer.
 Tensor forward_chain(const std::vector<IGCConvParams>& ps, const Tensor& x, at::TensorList w1,
                      const std::vector<c10::optional<Tensor>>& b1, at::TensorList w2,
                      const std::vector<c10::optional<Tensor>>& b2, const c10::optional<DenseConv>& head,
-                     const c10::optional<DenseConv>& tail) {
+                     const c10::optional<DenseConv>& tail, int64_t chain_length) {
   auto run_alone = [](const DenseConv& d, const Tensor& in) {
     return forward(d.p, in, d.w1, d.b1, d.w2, c10::nullopt, d.residual);
   };
@@ -794,13 +933,14 @@ Tensor forward_chain(const std::vector<IGCConvParams>& ps, const Tensor& x, at::
     const bool with_tail = tl && dense_end_applies(*tl, gs, false) &&
                            (!tail->residual || (tail->residual->scalar_type() == at::kFloat &&
                                                 tail->residual->is_contiguous()));
-    if (fuse && int64_t(gs.size()) + with_head + with_tail >= 2) {
-      g_chain_runs.fetch_add(1, std::memory_order_relaxed);
+    const int64_t NL = gs.size(), per = chain_length > 0 ? std::min(chain_length, NL) : NL;
+    if (fuse && NL + with_head + with_tail >= 2) {
+      g_chain_runs.fetch_add((NL + per - 1) / per, std::memory_order_relaxed);
       // Without a fused head the chain reads the head's output: a new tensor, contiguous NCHW.
       const Tensor in = head && !with_head ? run_alone(*head, x) : x;
       const Tensor res = with_tail && tail->residual ? *tail->residual : Tensor();
-      Tensor h = chain_forward<float>(gs, with_head ? &*hl : nullptr, with_tail ? &*tl : nullptr, in,
-                                      res.defined() ? &res : nullptr);
+      Tensor h = chains_forward<float>(gs, per, with_head ? &*hl : nullptr, with_tail ? &*tl : nullptr, in,
+                                       res.defined() ? &res : nullptr);
       return tail && !with_tail ? run_alone(*tail, h) : h;
     }
   }
@@ -829,8 +969,6 @@ extern "C" __attribute__((visibility("default"))) int igc_kernels_cpu_set_band_s
   return igc::cpu::g_band_skew.exchange(on ? 1 : 0);
 }
 
-// How many igc_conv_chain calls ran fused (the others ran layer by layer): the tests' check that
-// the cases they mean to fuse are fused.
 // The tests' switches of the Winograd tiles (forward.cpp, kChainRing): staggered tiles in the
 // fused chains (on by default), and the lead of the one-layer forward's tiles (0 by default);
 // each returns the old setting.
@@ -840,6 +978,15 @@ extern "C" __attribute__((visibility("default"))) int igc_kernels_cpu_set_chain_
 extern "C" __attribute__((visibility("default"))) int igc_kernels_cpu_set_wino_lead(int lead) {
   return igc::cpu::g_wino_lead.exchange(lead < 0 ? 0 : lead);
 }
+
+// The tests' switch of the bytes of intermediate activations up to which chains run in one parallel
+// region (negative: the default); returns the old setting.
+extern "C" __attribute__((visibility("default"))) int64_t igc_kernels_cpu_set_chains_keep_bytes(int64_t bytes) {
+  return igc::cpu::g_chains_keep_bytes.exchange(bytes < 0 ? igc::cpu::kChainsKeepBytes : bytes);
+}
+
+// How many chains ran fused (the layers of the others ran one by one): the tests' check that the
+// cases they mean to fuse are fused.
 extern "C" __attribute__((visibility("default"))) int64_t igc_kernels_cpu_chain_runs(void) {
   return igc::cpu::g_chain_runs.load(std::memory_order_relaxed);
 }

@@ -679,11 +679,11 @@ struct DenseConv {
   c10::optional<Tensor> b1, residual;
 };
 // Layer k of ps applied to layer k - 1's output, after head and before tail where given
-// (forward.cpp: fused where chain_applies).
+// (forward.cpp: fused where chain_applies, in chains of chain_length layers, 0: one chain).
 Tensor forward_chain(const std::vector<IGCConvParams>& ps, const Tensor& x, at::TensorList w1,
                      const std::vector<c10::optional<Tensor>>& b1, at::TensorList w2,
                      const std::vector<c10::optional<Tensor>>& b2, const c10::optional<DenseConv>& head,
-                     const c10::optional<DenseConv>& tail);
+                     const c10::optional<DenseConv>& tail, int64_t chain_length);
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(const IGCConvParams& p, const Tensor& grad_out,
                                                             const Tensor& x, const Tensor& w1,
                                                             const c10::optional<Tensor>& b1, const Tensor& w2,

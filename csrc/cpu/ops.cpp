@@ -55,8 +55,10 @@ Tensor igc_conv_chain_cpu(const Tensor& x, at::TensorList w1, const c10::List<c1
                           int64_t activation, const c10::optional<Tensor>& head_weight,
                           const c10::optional<Tensor>& head_bias, int64_t head_activation,
                           const c10::optional<Tensor>& tail_weight, const c10::optional<Tensor>& tail_bias,
-                          int64_t tail_activation, const c10::optional<Tensor>& residual) {
+                          int64_t tail_activation, const c10::optional<Tensor>& residual, int64_t chain_length) {
   const size_t n = w1.size();
+  TORCH_CHECK(chain_length >= 0, "igc_conv_chain: chain_length must be >= 0 (0: all layers in one chain), got ",
+              chain_length);
   TORCH_CHECK(n >= 1, "igc_conv_chain: w1 must hold at least one layer's weight, got none");
   TORCH_CHECK(w2.size() == n && b1.size() == n && b2.size() == n,
               "igc_conv_chain: w1, b1, w2 and b2 must hold one entry per layer, got ", n, ", ", b1.size(), ", ",
@@ -89,7 +91,7 @@ Tensor igc_conv_chain_cpu(const Tensor& x, at::TensorList w1, const c10::List<c1
   }
   if (tail_weight)
     tail = chain_end("tail", xin, *tail_weight, tail_bias, tail_activation, residual, stride, padding, dilation);
-  return forward_chain(ps, x, w1, bias1, w2, bias2, head, tail);
+  return forward_chain(ps, x, w1, bias1, w2, bias2, head, tail, chain_length);
 }
 
 }  // namespace

@@ -61,10 +61,11 @@ def chained_forward(layers: Iterable[nn.Module], x: torch.Tensor, max_chain: int
     """``layers`` applied in order, as ``nn.Sequential`` would, the last one given ``residual``
     if not None (``layers[-1](h, residual=residual)``, as ``FusedConv2d`` takes it). Runs of
     consecutive ``IGCConv2d`` layers with the same hyperparameters (as many input as output
-    channels, no hooks) go through ``igc_kernels.ops.igc_conv_chain`` in chains of up to
-    ``max_chain`` layers (None: as many as ``auto_chain_length`` gives for the activation's
-    channels and width), which fuses them where no gradient is needed and the fused CPU kernel
-    runs them, with the same result. A ``FusedConv2d`` right before or after a run (VDSR's head
+    channels, no hooks) go through one ``igc_kernels.ops.igc_conv_chain`` call each, fused in
+    chains of up to ``max_chain`` layers (None: as many as ``auto_chain_length`` gives for the
+    activation's channels and width) where no gradient is needed and the fused CPU kernel runs
+    them (all of a run's chains in one parallel region), with the same result to float32
+    rounding. A ``FusedConv2d`` right before or after a run (VDSR's head
     and tail) joins its first or last chain, as the chain's head or tail.
 
     Example::
@@ -94,24 +95,21 @@ def chained_forward(layers: Iterable[nn.Module], x: torch.Tensor, max_chain: int
         step = max_chain
         if step is None:
             step = auto_chain_length(run[0].out_channels, h.shape[-1], h.element_size()) if h.dim() >= 3 else 1
-        for i in range(0, len(run), step):
-            part = run[i:i + step]
-            first, last = i == 0, i + step >= len(run)
-            part_head = head if first else None
-            part_tail = tail if last else None
-            if len(part) == 1 and part_head is None and part_tail is None:
-                h = part[0](h)
-                continue
-            m = part[0]
-            weights = [(layer.weight1, layer.weight2, layer.bias1, layer.bias2) for layer in part]
-            h = igc_conv_chain(
-                h, weights, groups=m.primary_groups, stride=m.stride, padding=m.padding, dilation=m.dilation,
-                shuffle=m.shuffle, activation=m.activation, backend=m.backend,
-                head=dense(part_head), head_activation=part_head.activation if part_head is not None else "none",
-                tail=dense(part_tail), tail_activation=part_tail.activation if part_tail is not None else "none",
-                residual=res if part_tail is not None else None,
-            )
-        return h
+        if step == 1 and head is None and tail is None:  # no chain: the modules
+            for layer in run:
+                h = layer(h)
+            return h
+        # One op for the run, in chains of `step` layers (one parallel region for all of them on the
+        # CPU: a thread done with its part of one chain starts on the next).
+        m = run[0]
+        weights = [(layer.weight1, layer.weight2, layer.bias1, layer.bias2) for layer in run]
+        return igc_conv_chain(
+            h, weights, groups=m.primary_groups, stride=m.stride, padding=m.padding, dilation=m.dilation,
+            shuffle=m.shuffle, activation=m.activation, backend=m.backend,
+            head=dense(head), head_activation=head.activation if head is not None else "none",
+            tail=dense(tail), tail_activation=tail.activation if tail is not None else "none",
+            residual=res if tail is not None else None, chain_length=step,
+        )
 
     h = x
     i = 0

@@ -48,7 +48,7 @@ def fake_backward(grad_out, x, w1, b1, w2, out, groups, stride, padding, dilatio
 
 def fake_chain(x, w1, b1, w2, b2, groups, stride, padding, dilation, shuffle, activation, head_weight=None,
                head_bias=None, head_activation=0, tail_weight=None, tail_bias=None, tail_activation=0,
-               residual=None):
+               residual=None, chain_length=0):
     n, c, h, w = x.shape
     weights = ([head_weight] if head_weight is not None else []) + list(w1) + \
         ([tail_weight] if tail_weight is not None else [])

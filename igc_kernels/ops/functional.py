@@ -158,6 +158,7 @@ def igc_conv_chain(
     tail=None,
     tail_activation: str = "none",
     residual: torch.Tensor | None = None,
+    chain_length: int | None = None,
 ) -> torch.Tensor:
     """A chain of IGC layers with the same hyperparameters: ``layers`` is a sequence of
     ``(w1, w2, b1, b2)``, and the result is that of ``igc_conv`` applied layer after layer.
@@ -170,7 +171,10 @@ def igc_conv_chain(
 
     For inference: where no gradient is needed and the chain runs on the fused CPU kernel, the
     layers run as one op (``igc_kernels::igc_conv_chain``) that keeps the activations between them
-    in the caches; otherwise (autograd, other backends, autocast) layer by layer. The fused op
+    in the caches; otherwise (autograd, other backends, autocast) layer by layer.
+    ``chain_length`` (None: all layers) fuses them in chains of that many layers instead (the head
+    with the first, the tail with the last), which the CPU runs in one parallel region: a thread
+    that is done with its part of one chain goes on to the next. The fused op
     starts each layer's Winograd row tiles a row lower than the next layer's (so a layer reads the
     rows the layer before it has just written), which rounds differently from the layers run one
     by one: the two agree to float32 rounding (about 1e-6 relative), not bitwise.
@@ -184,6 +188,9 @@ def igc_conv_chain(
     layers = list(layers)
     if not layers:
         raise ValueError("layers must hold at least one (w1, w2, b1, b2) tuple, got none")
+    if chain_length is not None and (isinstance(chain_length, bool) or not isinstance(chain_length, int) or
+                                     chain_length < 1):
+        raise ValueError(f"chain_length must be a positive int or None, got {chain_length!r}")
     for k, layer in enumerate(layers):
         if not isinstance(layer, (tuple, list)) or len(layer) != 4:
             raise ValueError(f"layers[{k}] must be a (w1, w2, b1, b2) tuple, got {type(layer).__name__}")
@@ -237,4 +244,5 @@ def igc_conv_chain(
         head_weight=None if head is None else head[0], head_bias=None if head is None else head[1],
         head_activation=head_act, tail_weight=None if tail is None else tail[0],
         tail_bias=None if tail is None else tail[1], tail_activation=tail_act, residual=residual,
+        chain_length=chain_length or 0,
     )
