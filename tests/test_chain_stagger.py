@@ -9,7 +9,7 @@ import contextlib
 
 import pytest
 import torch
-from test_chain import _chain_tiles, _fused, _layers, _reference
+from test_chain import CHAIN_CASES, _chain_tiles, _fused, _layers, _reference
 from test_chain_ends import _alone, _dense, _op, _reference_dense
 from test_fused_cpu import _lib, _num_threads
 
@@ -47,18 +47,10 @@ def _with_leads(x, layers, head=None, head_act="relu", tail=None, tail_act="none
     return h if tail is None else _alone(h, tail, tail_act, residual)
 
 
-# (N, L, M, H, W, layers): the leads of chains of 1-5 layers (a lead of 4 or more is a whole tile
-# higher), heights of every remainder mod 4 and of fewer rows than a chain's leads, rows of
-# several segments (W > 64) and of part of a vector, images split between threads' bands.
-CASES = [
-    (1, 3, 2, 12, 9, 1),
-    (1, 4, 4, 13, 45, 3),
-    (2, 3, 2, 22, 70, 2),
-    (1, 2, 3, 37, 130, 4),
-    (3, 6, 4, 16, 17, 5),
-    (1, 24, 4, 20, 33, 2),
-    (2, 4, 2, 12, 20, 5),
-]
+# (N, L, M, H, W, layers): test_chain's cases (partial last tiles, rows of several segments and of
+# part of a vector, images split between threads' bands, chains of up to five layers: leads of 4
+# or more are a whole tile higher), and a lone layer and images of fewer rows than a chain's leads.
+CASES = [*CHAIN_CASES, (1, 3, 2, 12, 9, 1), (2, 4, 2, 12, 20, 5)]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))

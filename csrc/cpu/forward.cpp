@@ -1,8 +1,8 @@
 // The forward of the fused CPU op (igc_kernels::igc_conv): see layer.h for the scheme.
 #include <algorithm>
 #include <atomic>
-#include <thread>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "layer.h"
@@ -359,7 +359,7 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
   // the lines they share with their neighbours (not measured to be worth it).
   const bool whole_lines =
       os.c % kLanes == 0 && (p.W_out % kLanes == 0 || (join && p.W_out % 4 == 0 && p.H_out % 4 == 0));
-  const bool stream = out.nbytes() >= stream_bytes_checked() && direct && whole_lines;
+  const bool stream = int64_t(out.nbytes()) >= stream_bytes_checked() && direct && whole_lines;
   const int64_t rows = p.N * p.H_out;
 
   // The secondary and the output of row (n, oy), pixels [p0, p0 + len), from the y1 tile rows
@@ -580,16 +580,6 @@ ChainScratch<S>& chain_scratch() {
 // rows a - 1 .. a + 4 for the tile at row a, so six rows (slot iy % kHeadRows) hold all a tile reads.
 constexpr int64_t kHeadRows = 6;
 
-// The chain with its optional dense ends. The stages are the IGC layers gs, then the tail (if
-// any): stage s < NL - 1 writes its output rows into ring s, the last IGC layer writes `out`, or
-// with a tail four rows (a tile's) that it turns into the tail's parts at once, and the tail
-// writes `out`. A head writes its rows into a ring of kHeadRows that the first layer reads instead
-// of x. Both ends keep the rows they read in the caches where alone they would read a whole
-// activation from memory (and the head write one): IGC-VDSR inference ran 0.959x the time of the
-// chains with head and tail on their own at 256x256 (quartiles 0.925-0.996), 0.949x at 512x512,
-// 0.992x at 36x36 (Zen 3, 2 threads, alternating in one process). Head and tail as stages of their own,
-// each a tile ahead into a ring of nine rows like a layer's then (aligned tiles), measured 0.974x:
-// their rings cost more.
 // Which rows of a chain's output are written, per image row n * H + oy: how chains that run in one
 // parallel region (chains_forward) hand their rows to the next chain. A thread waits only for
 // the rows its tile reads, which another thread wrote at the start of its band or long before.
@@ -617,6 +607,16 @@ class RowsDone {
   const int64_t H_;
 };
 
+// The chain with its optional dense ends. The stages are the IGC layers gs, then the tail (if
+// any): stage s < NL - 1 writes its output rows into ring s, the last IGC layer writes `out`, or
+// with a tail four rows (a tile's) that it turns into the tail's parts at once, and the tail
+// writes `out`. A head writes its rows into a ring of kHeadRows that the first layer reads instead
+// of x. Both ends keep the rows they read in the caches where alone they would read a whole
+// activation from memory (and the head write one): IGC-VDSR inference ran 0.959x the time of the
+// chains with head and tail on their own at 256x256 (quartiles 0.925-0.996), 0.949x at 512x512,
+// 0.992x at 36x36 (Zen 3, 2 threads, alternating in one process). Head and tail as stages of their own,
+// each a tile ahead into a ring of nine rows like a layer's then (aligned tiles), measured 0.974x:
+// their rings cost more.
 // One chain: its IGC layers gs[0 .. NL), then the tail (if any), from x into out; run_bands is
 // what each thread runs (its bands of the last stage's row tiles, then those it steals).
 // wait_in: the rows of x that another chain of the same parallel region writes (null: x is
@@ -658,7 +658,7 @@ struct ChainRun {
         slot(g0.slot),
         Wp(g0.Wp) {
     const Str os = strides_of(out);
-    stream = out.nbytes() >= stream_bytes_checked() && os.c % kLanes == 0 && p.W_out % kLanes == 0;
+    stream = int64_t(out.nbytes()) >= stream_bytes_checked() && os.c % kLanes == 0 && p.W_out % kLanes == 0;
     // Stage s's tiles start at the rows lead[s] + 4i (any integer i; see kChainRing), and a ring
     // holds RR rows.
     const bool stagger = g_chain_stagger.load(std::memory_order_relaxed) != 0;
@@ -686,154 +686,154 @@ struct ChainRun {
     const Str rs = residual.defined() ? strides_of(residual) : Str{0, 0, 0, 0};
     const int64_t C_out = out.size(1);
     BandScheduler& sched = *this->sched;
-  // x's rows: packed for the head's rows (three per row) or for the first layer's tiles.
-  RowCache<S> cache(head ? *head : g0, kern, 0, /*wino_tiles=*/head == nullptr);
-  cache.deferred = !head && pack_in_parts(p, xs);
-  WinoTile<S> wt(g0, kern, /*join=*/false);
-  // Row iy of layer k < NL - 1, as layer k + 1's packed input row: ring row k * RR + iy % RR
-  // (+ a vector: the last ring row's packed row starts kChainCol - pW into its slot).
-  ChainScratch<S>& scratch = chain_scratch<S>();
-  scratch.prepare(ring_rows * slot + kLanes, slot, Wp, p.W);
-  S* const ring = scratch.ring.data();
-  const S* const zero = scratch.zero.data();
-  auto ring_at = [&](int64_t r) { return ring + r * slot; };
-  auto ring_row = [&](int64_t k, int64_t iy) { return ring_at(k * RR + iy % RR); };
-  std::vector<int64_t> next(NS, 0);  // the first row of each stage's next tile
-  std::vector<const S*> rows(6);
-  std::vector<S*> dst(C);
-  // The head's rows: image row n * H + iy in ring row head_ring + iy % kHeadRows (head_row_of).
-  std::vector<int64_t> head_row_of(kHeadRows, -1);
-  RowsArgs<S> hb;  // one segment of a head row: the row-by-row forward's L == 1 GEMM
-  if (head) {
-    hb.MB = head->p.M;
-    hb.K = head->K1;
-    hb.ldw = head->p.M;
-    hb.w = head->w1f.data();
-    hb.bias = head->bf.data();
-    hb.src = cache.src.data();
-    hb.dst = dst.data();
-    hb.relu = head->p.activation == kActRelu;
-  }
-  auto head_row = [&](int64_t n, int64_t iy) -> const S* {
-    S* const row = ring_at(head_ring + iy % kHeadRows);
-    if (head_row_of[iy % kHeadRows] != n * p.H + iy) {
-      cache.template prepare<S>(xp, xs, n, iy);
+    // x's rows: packed for the head's rows (three per row) or for the first layer's tiles.
+    RowCache<S> cache(head ? *head : g0, kern, 0, /*wino_tiles=*/head == nullptr);
+    cache.deferred = !head && pack_in_parts(p, xs);
+    WinoTile<S> wt(g0, kern, /*join=*/false);
+    // Row iy of layer k < NL - 1, as layer k + 1's packed input row: ring row k * RR + iy % RR
+    // (+ a vector: the last ring row's packed row starts kChainCol - pW into its slot).
+    ChainScratch<S>& scratch = chain_scratch<S>();
+    scratch.prepare(ring_rows * slot + kLanes, slot, Wp, p.W);
+    S* const ring = scratch.ring.data();
+    const S* const zero = scratch.zero.data();
+    auto ring_at = [&](int64_t r) { return ring + r * slot; };
+    auto ring_row = [&](int64_t k, int64_t iy) { return ring_at(k * RR + iy % RR); };
+    std::vector<int64_t> next(NS, 0);  // the first row of each stage's next tile
+    std::vector<const S*> rows(6);
+    std::vector<S*> dst(C);
+    // The head's rows: image row n * H + iy in ring row head_ring + iy % kHeadRows (head_row_of).
+    std::vector<int64_t> head_row_of(kHeadRows, -1);
+    RowsArgs<S> hb;  // one segment of a head row: the row-by-row forward's L == 1 GEMM
+    if (head) {
+      hb.MB = head->p.M;
+      hb.K = head->K1;
+      hb.ldw = head->p.M;
+      hb.w = head->w1f.data();
+      hb.bias = head->bf.data();
+      hb.src = cache.src.data();
+      hb.dst = dst.data();
+      hb.relu = head->p.activation == kActRelu;
+    }
+    auto head_row = [&](int64_t n, int64_t iy) -> const S* {
+      S* const row = ring_at(head_ring + iy % kHeadRows);
+      if (head_row_of[iy % kHeadRows] != n * p.H + iy) {
+        cache.template prepare<S>(xp, xs, n, iy);
+        for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
+          for (int64_t oc = 0; oc < C; ++oc) dst[head->c2_of_oc[oc]] = row + kChainCol + p0 + oc * Wp;
+          hb.P = std::min(kSegF, p.W_out - p0);
+          hb.soff = p0;
+          kern.rows(hb);
+        }
+        head_row_of[iy % kHeadRows] = n * p.H + iy;
+      }
+      return row + kChainCol - p.pW;
+    };
+    // The tail: the parts of the last layer's row iy in parts slot iy % RR (the tail's tile at
+    // row a reads rows a - 1 .. a + 4), made as the row is done.
+    std::unique_ptr<FewOutputRows<S>> few;
+    std::vector<const S*> ttaps(tail ? tail->p.C_in * 3 : 0);
+    std::vector<S*> trows(3);
+    auto tail_taps = [&](const S* packed) {
+      for (int64_t c = 0; c < tail->p.C_in; ++c)
+        for (int64_t kw = 0; kw < 3; ++kw) ttaps[c * 3 + kw] = packed + c * Wp + kw;
+    };
+    if (tail) {
+      few.reset(new FewOutputRows<S>(*tail, kern, RR, rp != nullptr, tail->p.activation == kActRelu, stream));
+      tail_taps(zero + kChainCol - p.pW);
+      few->input_row(ttaps.data(), few->zero_parts());
+    }
+    auto parts_of = [&](int64_t iy) { return iy < 0 || iy >= p.H ? few->zero_parts() : few->set(iy % RR); };
+    // The tail's tile at row a of image n: output rows a .. a + 3 (as few_outputs_by_input_rows).
+    auto run_tail = [&](int64_t n, int64_t a) {
+      for (int64_t oy = std::max<int64_t>(a, 0); oy < std::min(a + 4, p.H_out); ++oy) {
+        for (int64_t kh = 0; kh < 3; ++kh) trows[kh] = parts_of(oy - 1 + kh);
+        for (int64_t oc = 0; oc < C_out; ++oc)
+          few->output_channel(trows.data(), oc, op + n * os.n + oc * os.c + oy * os.h,
+                              rp ? rp + n * rs.n + oc * rs.c + oy * rs.h : nullptr);
+        if (done_out) {
+          if (stream) kern.store_fence();
+          done_out->set(n, oy);
+        }
+      }
+    };
+    // The tile at row a of stage s of image n, its input rows ready.
+    auto run = [&](int64_t s, int64_t n, int64_t a) {
+      if (s == NL) return run_tail(n, a);
+      const Layer<S>& g = gs[s];
+      const S* const* in = rows.data();
+      if (s == 0 && !head) {
+        if (wait_in)  // the previous chain's rows this tile reads
+          for (int64_t iy = std::max<int64_t>(0, a - p.pH); iy < std::min(p.H, a - p.pH + 6); ++iy) wait_in->wait(n, iy);
+        cache.template prepare_from<S>(xp, xs, n, a - p.pH);
+        in = cache.rows.data();
+      } else {
+        for (int64_t r = 0; r < 6; ++r) {
+          const int64_t iy = a + r - p.pH;
+          rows[r] = iy < 0 || iy >= p.H ? zero : s == 0 ? head_row(n, iy) : ring_row(s - 1, iy) + kChainCol - p.pW;
+        }
+      }
+      const bool last = s == NL - 1;
+      wt.new_tile();
+      RowsArgs<S> b;  // the epilogue of the secondary
+      b.relu = g.p.activation == kActRelu;
+      b.stream = last && !tail && stream;
       for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
-        for (int64_t oc = 0; oc < C; ++oc) dst[head->c2_of_oc[oc]] = row + kChainCol + p0 + oc * Wp;
-        hb.P = std::min(kSegF, p.W_out - p0);
-        hb.soff = p0;
-        kern.rows(hb);
+        const int64_t len = std::min(kSegF, p.W_out - p0);
+        wt.segment(
+            g, in, p0, len,
+            [&](int64_t l) {
+              if (s == 0 && p0 == 0 && cache.deferred) cache.template pack<S>(l * p.M_in, (l + 1) * p.M_in);
+            },
+            [](int64_t, int64_t) {});
+        b.P = len;
+        for (int64_t r = 0; r < 4; ++r) {
+          const int64_t oy = a + r;
+          if (oy < 0 || oy >= p.H_out) continue;
+          if (last && !tail) {
+            for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = op + n * os.n + oc * os.c + oy * os.h + p0;
+          } else {
+            S* const orow = (last ? ring_at(tail_rows + r) : ring_row(s, oy)) + kChainCol + p0;
+            for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = orow + oc * Wp;
+          }
+          secondary<S>(g, kern, b, wt.y1src.data() + r * C, dst.data(), nullptr);
+        }
       }
-      head_row_of[iy % kHeadRows] = n * p.H + iy;
-    }
-    return row + kChainCol - p.pW;
-  };
-  // The tail: the parts of the last layer's row iy in parts slot iy % RR (the tail's tile at
-  // row a reads rows a - 1 .. a + 4), made as the row is done.
-  std::unique_ptr<FewOutputRows<S>> few;
-  std::vector<const S*> ttaps(tail ? tail->p.C_in * 3 : 0);
-  std::vector<S*> trows(3);
-  auto tail_taps = [&](const S* packed) {
-    for (int64_t c = 0; c < tail->p.C_in; ++c)
-      for (int64_t kw = 0; kw < 3; ++kw) ttaps[c * 3 + kw] = packed + c * Wp + kw;
-  };
-  if (tail) {
-    few.reset(new FewOutputRows<S>(*tail, kern, RR, rp != nullptr, tail->p.activation == kActRelu, stream));
-    tail_taps(zero + kChainCol - p.pW);
-    few->input_row(ttaps.data(), few->zero_parts());
-  }
-  auto parts_of = [&](int64_t iy) { return iy < 0 || iy >= p.H ? few->zero_parts() : few->set(iy % RR); };
-  // The tail's tile at row a of image n: output rows a .. a + 3 (as few_outputs_by_input_rows).
-  auto run_tail = [&](int64_t n, int64_t a) {
-    for (int64_t oy = std::max<int64_t>(a, 0); oy < std::min(a + 4, p.H_out); ++oy) {
-      for (int64_t kh = 0; kh < 3; ++kh) trows[kh] = parts_of(oy - 1 + kh);
-      for (int64_t oc = 0; oc < C_out; ++oc)
-        few->output_channel(trows.data(), oc, op + n * os.n + oc * os.c + oy * os.h,
-                            rp ? rp + n * rs.n + oc * rs.c + oy * rs.h : nullptr);
-      if (done_out) {
+      if (last && tail) {
+        for (int64_t r = 0; r < 4; ++r) {
+          if (a + r < 0 || a + r >= p.H_out) continue;
+          tail_taps(ring_at(tail_rows + r) + kChainCol - p.pW);
+          few->input_row(ttaps.data(), parts_of(a + r));
+        }
+      } else if (last && done_out) {
         if (stream) kern.store_fence();
-        done_out->set(n, oy);
+        for (int64_t oy = std::max<int64_t>(a, 0); oy < std::min(a + 4, p.H_out); ++oy) done_out->set(n, oy);
       }
-    }
-  };
-  // The tile at row a of stage s of image n, its input rows ready.
-  auto run = [&](int64_t s, int64_t n, int64_t a) {
-    if (s == NL) return run_tail(n, a);
-    const Layer<S>& g = gs[s];
-    const S* const* in = rows.data();
-    if (s == 0 && !head) {
-      if (wait_in)  // the previous chain's rows this tile reads
-        for (int64_t iy = std::max<int64_t>(0, a - p.pH); iy < std::min(p.H, a - p.pH + 6); ++iy) wait_in->wait(n, iy);
-      cache.template prepare_from<S>(xp, xs, n, a - p.pH);
-      in = cache.rows.data();
-    } else {
-      for (int64_t r = 0; r < 6; ++r) {
-        const int64_t iy = a + r - p.pH;
-        rows[r] = iy < 0 || iy >= p.H ? zero : s == 0 ? head_row(n, iy) : ring_row(s - 1, iy) + kChainCol - p.pW;
+    };
+    // Stage s's rows through `last` of image n done, each tile's input rows before it (the previous
+    // stage's rows through four below the tile's first).
+    auto ensure = [&](auto& self, int64_t s, int64_t n, int64_t last) -> void {
+      last = std::min(last, p.H_out - 1);
+      for (; next[s] <= last; next[s] += 4) {
+        if (s > 0) self(self, s - 1, n, next[s] + 4);
+        run(s, n, next[s]);
       }
-    }
-    const bool last = s == NL - 1;
-    wt.new_tile();
-    RowsArgs<S> b;  // the epilogue of the secondary
-    b.relu = g.p.activation == kActRelu;
-    b.stream = last && !tail && stream;
-    for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
-      const int64_t len = std::min(kSegF, p.W_out - p0);
-      wt.segment(
-          g, in, p0, len,
-          [&](int64_t l) {
-            if (s == 0 && p0 == 0 && cache.deferred) cache.template pack<S>(l * p.M_in, (l + 1) * p.M_in);
-          },
-          [](int64_t, int64_t) {});
-      b.P = len;
-      for (int64_t r = 0; r < 4; ++r) {
-        const int64_t oy = a + r;
-        if (oy < 0 || oy >= p.H_out) continue;
-        if (last && !tail) {
-          for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = op + n * os.n + oc * os.c + oy * os.h + p0;
-        } else {
-          S* const orow = (last ? ring_at(tail_rows + r) : ring_row(s, oy)) + kChainCol + p0;
-          for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = orow + oc * Wp;
+    };
+    int64_t cur = -1;
+    for (int64_t b = band0; b < band1; ++b)
+      sched.work(b, [&](int64_t item, bool jumped) {
+        const int64_t n = item / tiles, t = item % tiles;
+        if (jumped || n != cur) {  // a band's first tile in this image: each earlier stage starts higher
+          cur = n;
+          int64_t need = 4 * t;  // the first row stage s must produce
+          for (int64_t s = NS - 1; s >= 0; --s) {
+            next[s] = tile_of(s, std::max<int64_t>(need, 0));
+            need = next[s] - 1;
+          }
         }
-        secondary<S>(g, kern, b, wt.y1src.data() + r * C, dst.data(), nullptr);
-      }
-    }
-    if (last && tail) {
-      for (int64_t r = 0; r < 4; ++r) {
-        if (a + r < 0 || a + r >= p.H_out) continue;
-        tail_taps(ring_at(tail_rows + r) + kChainCol - p.pW);
-        few->input_row(ttaps.data(), parts_of(a + r));
-      }
-    } else if (last && done_out) {
-      if (stream) kern.store_fence();
-      for (int64_t oy = std::max<int64_t>(a, 0); oy < std::min(a + 4, p.H_out); ++oy) done_out->set(n, oy);
-    }
-  };
-  // Stage s's rows through `last` of image n done, each tile's input rows before it (the previous
-  // stage's rows through four below the tile's first).
-  auto ensure = [&](auto& self, int64_t s, int64_t n, int64_t last) -> void {
-    last = std::min(last, p.H_out - 1);
-    for (; next[s] <= last; next[s] += 4) {
-      if (s > 0) self(self, s - 1, n, next[s] + 4);
-      run(s, n, next[s]);
-    }
-  };
-  int64_t cur = -1;
-  for (int64_t b = band0; b < band1; ++b)
-    sched.work(b, [&](int64_t item, bool jumped) {
-      const int64_t n = item / tiles, t = item % tiles;
-      if (jumped || n != cur) {  // a band's first tile in this image: each earlier stage starts higher
-        cur = n;
-        int64_t need = 4 * t;  // the first row stage s must produce
-        for (int64_t s = NS - 1; s >= 0; --s) {
-          next[s] = tile_of(s, std::max<int64_t>(need, 0));
-          need = next[s] - 1;
-        }
-      }
-      ensure(ensure, NS - 1, n, 4 * t + 3);
-    });
-  scratch.trim();
-  if (stream) kern.store_fence();
+        ensure(ensure, NS - 1, n, 4 * t + 3);
+      });
+    scratch.trim();
+    if (stream) kern.store_fence();
   }
 };
 
