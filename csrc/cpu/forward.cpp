@@ -865,14 +865,26 @@ Tensor chains_forward(const std::vector<Layer<S>>& gs, int64_t per, const Layer<
                       const Tensor& x, const Tensor* residual) {
   const int64_t NL = gs.size(), chains = (NL + per - 1) / per;
   const IGCConvParams& p = gs[0].p;
+  // Chain c: its layers, the head if first, the tail and the residual if last.
+  struct Part {
+    const Layer<S>* gs;
+    int64_t NL;
+    const Layer<S>* head;
+    const Layer<S>* tail;
+    const Tensor* residual;
+  };
+  auto part = [&](int64_t c) {
+    const int64_t k0 = c * per;
+    const bool first = c == 0, last = c + 1 == chains;
+    return Part{gs.data() + k0, std::min(NL, k0 + per) - k0, first ? head : nullptr, last ? tail : nullptr,
+                last ? residual : nullptr};
+  };
   const int64_t between = (chains - 1) * p.N * p.C_out * p.H_out * p.W_out * int64_t(sizeof(S));
   if (chains == 1 || between > g_chains_keep_bytes.load(std::memory_order_relaxed)) {  // one region per chain
     Tensor h = x;
     for (int64_t c = 0; c < chains; ++c) {
-      const int64_t k0 = c * per, k1 = std::min(NL, k0 + per);
-      const bool first = c == 0, last = c + 1 == chains;
-      h = chain_forward<S>(gs.data() + k0, k1 - k0, first ? head : nullptr, last ? tail : nullptr, h,
-                           last ? residual : nullptr);
+      const Part q = part(c);
+      h = chain_forward<S>(q.gs, q.NL, q.head, q.tail, h, q.residual);
     }
     return h;
   }
@@ -880,17 +892,15 @@ Tensor chains_forward(const std::vector<Layer<S>>& gs, int64_t per, const Layer<
   std::vector<std::unique_ptr<RowsDone>> done;
   Tensor h = x;
   for (int64_t c = 0; c < chains; ++c) {
-    const int64_t k0 = c * per, k1 = std::min(NL, k0 + per);
-    const bool first = c == 0, last = c + 1 == chains;
-    const int64_t C_out = last && tail ? tail->p.C_out : p.C_out;
+    const Part q = part(c);
+    const int64_t C_out = q.tail ? q.tail->p.C_out : p.C_out;
     Tensor out = empty_output({p.N, C_out, p.H_out, p.W_out}, x.options(), at::MemoryFormat::Contiguous);
-    runs.emplace_back(new ChainRun<S>(gs.data() + k0, k1 - k0, first ? head : nullptr, last ? tail : nullptr, h,
-                                      last ? residual : nullptr, out));
-    if (!last) {
+    runs.emplace_back(new ChainRun<S>(q.gs, q.NL, q.head, q.tail, h, q.residual, out));
+    if (c + 1 < chains) {
       done.emplace_back(new RowsDone(p.N, p.H_out));
       runs.back()->done_out = done.back().get();
     }
-    if (!first) runs.back()->wait_in = done[c - 1].get();
+    if (c > 0) runs.back()->wait_in = done[c - 1].get();
     h = out;
   }
   if (h.numel() == 0) return h;
