@@ -149,13 +149,18 @@ def test_chain_without_winograd(winograd):
         assert torch.equal(ours, _one_by_one(x, layers, activation="relu"))
 
 
-@pytest.mark.parametrize("spots", [[(0, 0, 0, "nan")], [(3, 13, 49, "inf"), (1, 6, 20, "-inf")],
-                                   [(5, 23, 10, "nan"), (2, 4, 0, "inf")]], ids=["corner", "edge-tile", "last-row"])
-def test_chain_non_finite_inputs(spots, isa):
+@pytest.mark.parametrize("width,spots", [
+    (50, [(0, 0, 0, "nan")]), (50, [(3, 13, 49, "inf"), (1, 6, 20, "-inf")]),
+    (50, [(5, 23, 10, "nan"), (2, 4, 0, "inf")]),
+    # next to the ends of the ring rows' 64-column segments, whose windows copy their neighbours' pixels
+    (150, [(1, 9, 63, "nan"), (4, 14, 128, "inf")]), (150, [(2, 5, 64, "-inf"), (0, 17, 127, "nan")]),
+    (150, [(3, 11, 149, "inf")])], ids=["corner", "edge-tile", "last-row", "segment-ends", "segment-starts",
+                                        "last-segment"])
+def test_chain_non_finite_inputs(width, spots, isa):
     """NaN and Inf in x reach exactly the outputs they reach layer by layer (the second layer's
     Winograd tiles meet them in the ring rows and take the direct primary)."""
     layers = _layers(3, 3, 2, seed=8)
-    x = torch.randn(1, 6, 24, 50)
+    x = torch.randn(1, 6, 24, width)
     for c, y, col, v in spots:
         x[0, c, y, col] = float(v)
     with torch.no_grad():
@@ -296,7 +301,7 @@ def test_auto_chain_length():
     assert chain.auto_chain_length(96, 1280) == 3
     assert chain.auto_chain_length(96, 1920) == 2
     assert chain.auto_chain_length(96, 3840) == 1
-    assert chain.auto_chain_length(96, 1920, element_size=2) == 4
+    assert chain.auto_chain_length(96, 1920, element_size=2) == 3
     lengths = [chain.auto_chain_length(96, w) for w in range(1, 8000, 37)]
     assert lengths == sorted(lengths, reverse=True)
 
@@ -310,7 +315,7 @@ def test_chained_forward_takes_auto_chain_length(monkeypatch, budget_rings, runs
 
     body = _body().eval()
     x = torch.randn(1, 8, 12, 30)
-    ring = chain.RING_ROWS * 8 * (30 + 32) * 4
+    ring = chain.ring_bytes(8, 30)
     monkeypatch.setattr(chain, "RING_BUDGET_BYTES", budget_rings * ring)
     with torch.no_grad():
         before = _fused_runs()

@@ -107,33 +107,53 @@ struct WinoTile {
   // A new tile: the direct primary's taps are built again when the tile needs them.
   void new_tile() { rtaps_built = false; }
 
+  // row_taps for rows in segments (sW = dW = 1): tap (c, kh, kw) of output row r0 reads column kw
+  // of channel c's part of the segment at `off` in rows[r0 + kh].
+  void segment_taps(const S* const* rows, int64_t r0, int64_t off, int64_t sw, const S** out) const {
+    for (int64_t kh = 0; kh < p.kH; ++kh)
+      for (int64_t c = 0; c < p.C_in; ++c)
+        for (int64_t kw = 0; kw < p.kW; ++kw) out[(c * p.kH + kh) * p.kW + kw] = rows[r0 + kh] + off + c * sw + kw;
+  }
+
   // The y1 rows of layer g's tile whose six packed input rows are rows[0..5], pixels [p0, p0 + len).
   // before(l) runs before group l's transform (the deferred packing of its channels); after(l, c)
   // after the transform of its channel row c (the prefetch of the next tile's rows).
+  // sw = 0: packed rows (channel c's column j - pW at c * Wp + j, for every j); sw > 0: rows in
+  // segments (kChainSegW), channel c's window of the segment at p0 at (p0 / kSegF) * C_in * sw + c * sw.
   template <typename Before, typename After>
-  void segment(const Layer<S>& g, const S* const* rows, int64_t p0, int64_t len, Before&& before, After&& after) {
+  void segment(const Layer<S>& g, const S* const* rows, int64_t p0, int64_t len, int64_t sw, Before&& before,
+               After&& after) {
     // Columns the segment's taps read: [p0, p0 + round_up(len, 8) + reach) of each packed row
     // when the kernels end a row with a half vector (and no more than that of the next 8 columns
     // otherwise: vectors of 4 or 8 pixels, or 16 with a row's last 1-8 pixels at half width).
     pk.n = round_up(round_up(len, kHalfLanes) + (p.dW * (p.kW - 1)) / p.sW, kHalfLanes);
     a.P = len;
     const int64_t L = p.L, M = p.M, K = a.K;
+    const int64_t off = sw > 0 ? (p0 / kSegF) * p.C_in * sw : p0, cs = sw > 0 ? sw : g.Wp;
+    if (sw > 0) rtaps_built = false;  // the direct primary's taps hold the segment's offset
     for (int64_t l = 0; l < L; ++l) {
       before(l);
       int nonfinite = 0;
       for (int64_t c = 0; c < grows; ++c) {
-        for (int64_t kh = 0; kh < 6; ++kh) pk.in[kh] = rows[kh] + (l * grows + c) * g.Wp + p0;
+        for (int64_t kh = 0; kh < 6; ++kh) pk.in[kh] = rows[kh] + off + (l * grows + c) * cs;
         pk.out = comp.data() + c * wseg;
         nonfinite |= kern.wino_pack(pk);
         after(l, c);
       }
       if (nonfinite) {
         if (!rtaps_built) {
-          for (int64_t r = 0; r < 4; ++r) row_taps(g, rows, r, rtaps.data() + r * ntaps);
+          for (int64_t r = 0; r < 4; ++r) {
+            if (sw > 0) {
+              segment_taps(rows, r, off, sw, rtaps.data() + r * ntaps);
+            } else {
+              row_taps(g, rows, r, rtaps.data() + r * ntaps);
+            }
+          }
           rtaps_built = true;
         }
         for (int64_t r = 0; r < 4; ++r)
-          primary_group(g, kern, l, rtaps.data() + r * ntaps + l * g.K1, y1dst.data() + (l * 4 + r) * M, p0, len);
+          primary_group(g, kern, l, rtaps.data() + r * ntaps + l * g.K1, y1dst.data() + (l * 4 + r) * M, p0, len,
+                        sw > 0 ? 0 : p0);
         continue;
       }
       a.w = g.U.data() + l * K * 6 * M;
@@ -185,7 +205,7 @@ void winograd_rows(const Layer<S>& g, const Kernels<S>& kern, const T* xp, const
       for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
         const int64_t len = std::min(kSegF, p.W_out - p0);
         wt.segment(
-            g, cache.rows.data(), p0, len,
+            g, cache.rows.data(), p0, len, /*sw=*/0,
             [&](int64_t l) {
               if (p0 == 0 && cache.deferred) cache.template pack<T>(l * p.M_in, (l + 1) * p.M_in);
             },
@@ -508,9 +528,23 @@ Tensor forward_impl(const IGCConvParams& p, const Tensor& x, const Tensor& w1, c
 // the same leads (g_wino_lead), and not bitwise those run with tiles at rows 4i.
 constexpr int64_t kChainRing = 6;
 constexpr int64_t kChainRingAligned = 9;
-// A ring row's pixels start at this column of each channel's row (an aligned vector: the rows
-// GEMM's stores into it are whole vectors), and its packed input row at kChainCol - pW.
+// A packed row's pixels (the head's and the tail's rows) start at this column of each channel's row
+// (an aligned vector: the rows GEMM's stores into it are whole vectors), and its packed input row
+// at kChainCol - pW.
 constexpr int64_t kChainCol = kLanes;
+// The layers' ring rows hold their pixels in windows of segments: channel c's window of the segment
+// at p0 lies at (p0 / kSegF) * C * kChainSegW + c * kChainSegW and holds the columns p0 - 1 ..
+// p0 - 1 + kChainSegW - 1 (the chain's pW = 1): the segment's own pixels from window column 1, a
+// copy of each neighbour's pixel next to them, and zeros (the image's padding, and the columns
+// past what the segment's taps reach, which the input transform reads in whole vectors). A
+// consumer's group of channels then reads one run of memory per row, where packed rows (a row per
+// channel: at 256 columns the segment's 72 of every 280) have it read one short run per channel.
+// IGC-VDSR inference at 256x256 ran 0.957x, 0.933x and 0.946x the time of packed ring rows
+// (medians of per-round ratios, 30-40 rounds alternating in one process, Zen 3, 2 threads), with
+// the same result bitwise. Software prefetch of the packed rows' runs (into L1 or L2, a group
+// ahead, spread over the primary's kernel call) had measured 1.00-1.04x: the longer runs help,
+// likely through the hardware prefetchers, where issuing the fetches by hand did not.
+constexpr int64_t kChainSegW = (kSegF + 2 + kHalfLanes - 1) / kHalfLanes * kHalfLanes;
 
 std::atomic<int64_t> g_chain_runs{0};  // fused chain calls, for the tests (igc_kernels_cpu_chain_runs)
 
@@ -543,19 +577,20 @@ bool dense_end_applies(const Layer<S>& e, const std::vector<Layer<S>>& gs, bool 
   return q.C_in == p.C_out && few_outputs_apply(q, true);
 }
 
-// One thread's rings and zero row, kept between calls of one geometry (whose ring rows then hold
-// zeros wherever no pixel is written): filling 1-2 MB with zeros, fresh pages each, in every call
-// cost more than the data it held. Up to kChainKeepBytes are kept per thread (rows up to about
+// One thread's rings, packed rows of the chain's ends and zero row, kept between calls of one
+// geometry (whose rows then hold zeros wherever no pixel is written): filling 1-2 MB with zeros,
+// fresh pages each, in every call cost more than the data it held. Up to kChainKeepBytes are kept per thread (rows up to about
 // 1,000 pixels of 96 channels; wider images get theirs per call, a smaller share of their time).
 constexpr size_t kChainKeepBytes = size_t(4) << 20;
 template <typename S>
 struct ChainScratch {
-  LineVec<S> ring, zero;
+  LineVec<S> ring, ends, zero;  // the layers' rows in segments, the head's and tail's packed rows
   int64_t slot = -1, Wp = -1, W = -1;  // the geometry whose zeros the buffers hold
 
-  void prepare(int64_t need, int64_t slot_, int64_t Wp_, int64_t W_) {
-    if (slot != slot_ || Wp != Wp_ || W != W_ || int64_t(ring.size()) < need) {
-      ring.assign(need, S(0));
+  void prepare(int64_t need_ring, int64_t need_ends, int64_t slot_, int64_t Wp_, int64_t W_) {
+    if (slot != slot_ || Wp != Wp_ || W != W_ || int64_t(ring.size()) < need_ring || int64_t(ends.size()) < need_ends) {
+      ring.assign(need_ring, S(0));
+      ends.assign(need_ends, S(0));
       zero.assign(slot_, S(0));
       slot = slot_;
       Wp = Wp_;
@@ -563,8 +598,9 @@ struct ChainScratch {
     }
   }
   void trim() {
-    if ((ring.size() + zero.size()) * sizeof(S) > kChainKeepBytes) {
+    if ((ring.size() + ends.size() + zero.size()) * sizeof(S) > kChainKeepBytes) {
       LineVec<S>().swap(ring);
+      LineVec<S>().swap(ends);
       LineVec<S>().swap(zero);
       slot = -1;
     }
@@ -631,9 +667,9 @@ struct ChainRun {
   const IGCConvParams& p;
   const Tensor x, out, residual;  // residual undefined: none
   const Kernels<S>& kern;
-  const int64_t L, C, tiles, slot, Wp;
+  const int64_t L, C, tiles, slot, Wp, nseg;
   bool stream = false;
-  int64_t RR = 0, head_ring = 0, tail_rows = 0, ring_rows = 0;
+  int64_t RR = 0, tail_rows = 0, ring_rows = 0, ends_rows = 0;
   std::vector<int64_t> lead;
   std::unique_ptr<BandScheduler> sched;
   const RowsDone* wait_in = nullptr;
@@ -656,7 +692,8 @@ struct ChainRun {
         C(p.C_out),
         tiles((p.H_out + 3) / 4),
         slot(g0.slot),
-        Wp(g0.Wp) {
+        Wp(g0.Wp),
+        nseg((p.W_out + kSegF - 1) / kSegF) {
     const Str os = strides_of(out);
     stream = int64_t(out.nbytes()) >= stream_bytes_checked() && os.c % kLanes == 0 && p.W_out % kLanes == 0;
     // Stage s's tiles start at the rows lead[s] + 4i (any integer i; see kChainRing), and a ring
@@ -665,10 +702,11 @@ struct ChainRun {
     RR = stagger ? kChainRing : kChainRingAligned;
     lead.resize(NS);
     for (int64_t s = 0; s < NS; ++s) lead[s] = stagger ? NS - 1 - s : 0;
-    // Ring rows: RR per layer but the last, kHeadRows for the head, 4 before the tail.
-    head_ring = (NL - 1) * RR;
-    tail_rows = head_ring + (head ? kHeadRows : 0);
-    ring_rows = tail_rows + (tail ? 4 : 0);
+    // Ring rows (in segments): RR per layer but the last; packed rows at the ends: kHeadRows for
+    // the head, then 4 before the tail.
+    ring_rows = (NL - 1) * RR;
+    tail_rows = head ? kHeadRows : 0;
+    ends_rows = tail_rows + (tail ? 4 : 0);
     // A band's first tile recomputes the earlier stages' tiles above it (NS - 1 - s of stage s):
     // a band is split only where that stays small against the tiles it moves.
     sched.reset(new BandScheduler(p.N * tiles, grain_for(4 * p.W_out * C * (g0.K1 + L) * NL), 2 * NS));
@@ -690,18 +728,21 @@ struct ChainRun {
     RowCache<S> cache(head ? *head : g0, kern, 0, /*wino_tiles=*/head == nullptr);
     cache.deferred = !head && pack_in_parts(p, xs);
     WinoTile<S> wt(g0, kern, /*join=*/false);
-    // Row iy of layer k < NL - 1, as layer k + 1's packed input row: ring row k * RR + iy % RR
-    // (+ a vector: the last ring row's packed row starts kChainCol - pW into its slot).
+    // Row iy of layer k < NL - 1, as layer k + 1's input row: ring row k * RR + iy % RR, in
+    // segments (kChainSegW). The ring holds only such rows and `ends` only packed rows, so the
+    // columns no pixel is written to stay zero from call to call.
     ChainScratch<S>& scratch = chain_scratch<S>();
-    scratch.prepare(ring_rows * slot + kLanes, slot, Wp, p.W);
+    const int64_t rslot = nseg * C * kChainSegW;  // a ring row: nseg segments of C channels
+    scratch.prepare(ring_rows * rslot + kLanes, ends_rows * slot + kLanes, std::max(slot, rslot) + kLanes, Wp, p.W);
     S* const ring = scratch.ring.data();
+    S* const ends = scratch.ends.data();
     const S* const zero = scratch.zero.data();
-    auto ring_at = [&](int64_t r) { return ring + r * slot; };
-    auto ring_row = [&](int64_t k, int64_t iy) { return ring_at(k * RR + iy % RR); };
+    auto ring_row = [&](int64_t k, int64_t iy) { return ring + (k * RR + iy % RR) * rslot; };
+    auto ends_at = [&](int64_t r) { return ends + r * slot; };
     std::vector<int64_t> next(NS, 0);  // the first row of each stage's next tile
     std::vector<const S*> rows(6);
     std::vector<S*> dst(C);
-    // The head's rows: image row n * H + iy in ring row head_ring + iy % kHeadRows (head_row_of).
+    // The head's rows: image row n * H + iy in packed row iy % kHeadRows of ends (head_row_of).
     std::vector<int64_t> head_row_of(kHeadRows, -1);
     RowsArgs<S> hb;  // one segment of a head row: the row-by-row forward's L == 1 GEMM
     if (head) {
@@ -715,7 +756,7 @@ struct ChainRun {
       hb.relu = head->p.activation == kActRelu;
     }
     auto head_row = [&](int64_t n, int64_t iy) -> const S* {
-      S* const row = ring_at(head_ring + iy % kHeadRows);
+      S* const row = ends_at(iy % kHeadRows);
       if (head_row_of[iy % kHeadRows] != n * p.H + iy) {
         cache.template prepare<S>(xp, xs, n, iy);
         for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
@@ -769,7 +810,7 @@ struct ChainRun {
       } else {
         for (int64_t r = 0; r < 6; ++r) {
           const int64_t iy = a + r - p.pH;
-          rows[r] = iy < 0 || iy >= p.H ? zero : s == 0 ? head_row(n, iy) : ring_row(s - 1, iy) + kChainCol - p.pW;
+          rows[r] = iy < 0 || iy >= p.H ? zero : s == 0 ? head_row(n, iy) : ring_row(s - 1, iy);
         }
       }
       const bool last = s == NL - 1;
@@ -780,7 +821,7 @@ struct ChainRun {
       for (int64_t p0 = 0; p0 < p.W_out; p0 += kSegF) {
         const int64_t len = std::min(kSegF, p.W_out - p0);
         wt.segment(
-            g, in, p0, len,
+            g, in, p0, len, s == 0 ? 0 : kChainSegW,
             [&](int64_t l) {
               if (s == 0 && p0 == 0 && cache.deferred) cache.template pack<S>(l * p.M_in, (l + 1) * p.M_in);
             },
@@ -789,19 +830,32 @@ struct ChainRun {
         for (int64_t r = 0; r < 4; ++r) {
           const int64_t oy = a + r;
           if (oy < 0 || oy >= p.H_out) continue;
+          const int64_t seg = p0 / kSegF, blk = C * kChainSegW;
           if (last && !tail) {
             for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = op + n * os.n + oc * os.c + oy * os.h + p0;
-          } else {
-            S* const orow = (last ? ring_at(tail_rows + r) : ring_row(s, oy)) + kChainCol + p0;
+          } else if (last) {
+            S* const orow = ends_at(tail_rows + r) + kChainCol + p0;
             for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = orow + oc * Wp;
+          } else {
+            S* const orow = ring_row(s, oy) + seg * blk + p.pW;
+            for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = orow + oc * kChainSegW;
           }
           secondary<S>(g, kern, b, wt.y1src.data() + r * C, dst.data(), nullptr);
+          if (!last) {  // the columns next to the segment in its neighbours' windows (kChainSegW)
+            S* const row = ring_row(s, oy);
+            if (seg > 0)
+              for (int64_t oc = 0; oc < C; ++oc)
+                row[(seg - 1) * blk + oc * kChainSegW + p.pW + kSegF] = row[seg * blk + oc * kChainSegW + p.pW];
+            if (seg + 1 < nseg)
+              for (int64_t oc = 0; oc < C; ++oc)
+                row[(seg + 1) * blk + oc * kChainSegW] = row[seg * blk + oc * kChainSegW + p.pW + kSegF - 1];
+          }
         }
       }
       if (last && tail) {
         for (int64_t r = 0; r < 4; ++r) {
           if (a + r < 0 || a + r >= p.H_out) continue;
-          tail_taps(ring_at(tail_rows + r) + kChainCol - p.pW);
+          tail_taps(ends_at(tail_rows + r) + kChainCol - p.pW);
           few->input_row(ttaps.data(), parts_of(a + r));
         }
       } else if (last && done_out) {

@@ -590,17 +590,18 @@ class BandScheduler {
 };
 
 // The direct primary conv of group l on one row segment [p0, p0 + len): its M y1 rows `dst`
-// (+ b1) from its K1 packed taps `src`.
+// (+ b1) from its K1 packed taps `src`, read from column soff (p0 unless given: taps into rows
+// that hold the segment alone).
 template <typename S>
 void primary_group(const Layer<S>& g, const Kernels<S>& kern, int64_t l, const S* const* src, S* const* dst,
-                   int64_t p0, int64_t len) {
+                   int64_t p0, int64_t len, int64_t soff = -1) {
   const int64_t M = g.p.M, K1 = g.K1;
   RowsArgs<S> a;
   a.MB = M;
   a.K = K1;
   a.P = len;
   a.ldw = M;
-  a.soff = p0;
+  a.soff = soff < 0 ? p0 : soff;
   a.w = g.w1T.data() + l * K1 * M;
   a.bias = g.b1.empty() ? nullptr : g.b1.data() + l * M;
   a.src = src;

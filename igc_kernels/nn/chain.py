@@ -24,11 +24,20 @@ from .igc_conv2d import IGCConv2d
 RING_ROWS = 6
 RING_BUDGET_BYTES = 7 << 20
 MAX_AUTO_CHAIN = 4
+# A ring row holds each 64-column segment of a channel in a window of 72 columns (its pixels, a
+# neighbour's on each side, zeros to a whole vector: kChainSegW in csrc/cpu/forward.cpp).
+SEGMENT_COLUMNS, WINDOW_COLUMNS = 64, 72
+
+
+def ring_bytes(channels: int, width: int, element_size: int = 4) -> int:
+    """Bytes of one layer's ring of output rows in a fused chain."""
+    segments = -(-width // SEGMENT_COLUMNS)
+    return RING_ROWS * channels * segments * WINDOW_COLUMNS * element_size
 
 
 def auto_chain_length(channels: int, width: int, element_size: int = 4) -> int:
     """Layers per fused chain for activations of ``channels`` x ``width`` (see RING_BUDGET_BYTES)."""
-    ring = RING_ROWS * channels * (width + 32) * element_size  # a row's padding and margins: < 32
+    ring = ring_bytes(channels, width, element_size)
     return max(1, min(MAX_AUTO_CHAIN, 1 + RING_BUDGET_BYTES // max(ring, 1)))
 
 
