@@ -579,8 +579,9 @@ bool dense_end_applies(const Layer<S>& e, const std::vector<Layer<S>>& gs, bool 
 
 // One thread's rings, packed rows of the chain's ends and zero row, kept between calls of one
 // geometry (whose rows then hold zeros wherever no pixel is written): filling 1-2 MB with zeros,
-// fresh pages each, in every call cost more than the data it held. Up to kChainKeepBytes are kept per thread (rows up to about
-// 1,000 pixels of 96 channels; wider images get theirs per call, a smaller share of their time).
+// fresh pages each, in every call cost more than the data it held. Up to kChainKeepBytes are kept
+// per thread (96 channels in chains of four with a head and a tail: rows up to about 320 pixels,
+// 256 included; wider images get theirs per call, a smaller share of their time).
 constexpr size_t kChainKeepBytes = size_t(4) << 20;
 template <typename S>
 struct ChainScratch {
