@@ -733,7 +733,7 @@ struct ChainRun {
     // segments (kChainSegW). The ring holds only such rows and `ends` only packed rows, so the
     // columns no pixel is written to stay zero from call to call.
     ChainScratch<S>& scratch = chain_scratch<S>();
-    const int64_t rslot = nseg * C * kChainSegW;  // a ring row: nseg segments of C channels
+    const int64_t blk = C * kChainSegW, rslot = nseg * blk;  // a segment's C windows; a ring row: nseg segments
     scratch.prepare(ring_rows * rslot + kLanes, ends_rows * slot + kLanes, std::max(slot, rslot) + kLanes, Wp, p.W);
     S* const ring = scratch.ring.data();
     S* const ends = scratch.ends.data();
@@ -831,25 +831,24 @@ struct ChainRun {
         for (int64_t r = 0; r < 4; ++r) {
           const int64_t oy = a + r;
           if (oy < 0 || oy >= p.H_out) continue;
-          const int64_t seg = p0 / kSegF, blk = C * kChainSegW;
+          // Non-last stages: channel 0's pixels of this segment in the ring row (kChainSegW).
+          S* const own = last ? nullptr : ring_row(s, oy) + (p0 / kSegF) * blk + p.pW;
           if (last && !tail) {
             for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = op + n * os.n + oc * os.c + oy * os.h + p0;
           } else if (last) {
             S* const orow = ends_at(tail_rows + r) + kChainCol + p0;
             for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = orow + oc * Wp;
           } else {
-            S* const orow = ring_row(s, oy) + seg * blk + p.pW;
-            for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = orow + oc * kChainSegW;
+            for (int64_t oc = 0; oc < C; ++oc) dst[g.c2_of_oc[oc]] = own + oc * kChainSegW;
           }
           secondary<S>(g, kern, b, wt.y1src.data() + r * C, dst.data(), nullptr);
-          if (!last) {  // the columns next to the segment in its neighbours' windows (kChainSegW)
-            S* const row = ring_row(s, oy);
-            if (seg > 0)
-              for (int64_t oc = 0; oc < C; ++oc)
-                row[(seg - 1) * blk + oc * kChainSegW + p.pW + kSegF] = row[seg * blk + oc * kChainSegW + p.pW];
-            if (seg + 1 < nseg)
-              for (int64_t oc = 0; oc < C; ++oc)
-                row[(seg + 1) * blk + oc * kChainSegW] = row[seg * blk + oc * kChainSegW + p.pW + kSegF - 1];
+          if (!last) {  // the segment's first and last pixel into its neighbours' windows, a segment away
+            const bool left = p0 > 0, right = p0 + kSegF < p.W_out;
+            for (int64_t oc = 0; oc < C; ++oc) {
+              S* const w = own + oc * kChainSegW;
+              if (left) w[kSegF - blk] = w[0];
+              if (right) w[blk - p.pW] = w[kSegF - 1];
+            }
           }
         }
       }
